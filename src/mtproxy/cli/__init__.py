@@ -1,16 +1,58 @@
-"""Command-line entry point (``mtproxy`` and ``python -m mtproxy``)."""
+"""Command-line entry point (``mtproxy`` and ``python -m mtproxy``).
+
+Every expected failure (bad option, unusable data directory, busy port) ends as one
+line on stderr and a non-zero exit code, never a traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Callable
+
+from mtproxy import __version__
+from mtproxy.config.errors import ConfigError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """An expected failure: printed as ``mtproxy: error: <message>``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mtproxy.cli import run, secrets
+
+    parser = argparse.ArgumentParser(
+        prog="mtproxy",
+        description="Telegram MTProto proxy: classic, dd and fake-TLS clients.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run.register(sub)
+    secrets.register(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtproxy import __version__
-
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "--version":
-        print(f"mtproxy {__version__}")
-        return 0
-    print("mtproxy: error: no command yet", file=sys.stderr)
-    return 2
+    args_list = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    handler: Command | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"mtproxy: error: {exc}", file=sys.stderr)
+        return 2
+    except CliError as exc:
+        print(f"mtproxy: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,186 @@
+"""``mtproxy run``: start the proxy, zero-config by default, and print its links."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+from mtproxy.cli import CliError
+from mtproxy.config.settings import Settings, add_arguments, load_settings
+from mtproxy.protocol.dc import Endpoint, format_endpoint
+from mtproxy.protocol.secret import ClientSecret, Mode, links_for
+from mtproxy.proxy.server import ListenError, ProxyServer
+from mtproxy.proxy.sockets import listening_socket
+from mtproxy.publicip import detect_public_ip, local_outbound_ip
+from mtproxy.state import StateError, load_or_create_secrets
+
+log = logging.getLogger("mtproxy")
+FALLBACK_PORT = 8443
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "run", help="run the proxy (zero-config: generates a secret and prints links)",
+        description="Run the proxy. With no options it listens on port 443 (8443 when 443 "
+        "is not allowed), keeps its secret in the data directory and prints tg:// and "
+        "t.me links. Command-line options override the TOML --config file.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=main)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(vars(args), args.config)
+    setup_logging(settings.log_level)
+    settings = ensure_secrets(settings)
+    return run_until_signal(serve(settings))
+
+
+def ensure_secrets(settings: Settings) -> Settings:
+    """Use the configured secrets, else the stored ones, else generate and store one."""
+    if settings.secrets:
+        return settings
+    try:
+        keys, created = load_or_create_secrets(settings.data_dir)
+    except StateError as exc:
+        raise CliError(str(exc)) from None
+    if created:
+        log.info("generated a new secret in %s", settings.data_dir / "secret")
+    return replace(settings, secrets=tuple(ClientSecret(k, Mode.CLASSIC) for k in keys))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_until_signal(main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
+
+
+def bind_listeners(settings: Settings) -> list[socket.socket]:
+    """Bind the configured addresses; the defaults degrade gracefully.
+
+    With no --listen given: a host without IPv6 just skips [::], and when port 443
+    needs privileges we do not have, 8443 is used instead (said loudly).
+    """
+
+    def bind(endpoint: Endpoint) -> socket.socket:
+        return listening_socket(
+            endpoint, backlog=settings.backlog, keepalive=settings.keepalive
+        )
+
+    socks: list[socket.socket] = []
+    endpoints: list[Endpoint] = list(settings.listen)
+    try:
+        for endpoint in endpoints:
+            try:
+                socks.append(bind(endpoint))
+            except OSError as exc:
+                if settings.listen_given:
+                    raise
+                if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and ":" in endpoint[0]:
+                    log.info("IPv6 unavailable, not listening on %s", format_endpoint(endpoint))
+                    continue
+                if isinstance(exc, PermissionError) and endpoint[1] < 1024:
+                    fallback = (endpoint[0], FALLBACK_PORT)
+                    log.warning(
+                        "no permission to use port %d; listening on %s instead (run as root "
+                        "or pass --listen to choose)", endpoint[1], format_endpoint(fallback)
+                    )
+                    socks.append(bind(fallback))
+                    continue
+                raise
+    except PermissionError:
+        for sock in socks:
+            sock.close()
+        raise ListenError(
+            f"cannot listen on {format_endpoint(endpoint)}: permission denied; run as root, "
+            "grant CAP_NET_BIND_SERVICE, or use --listen with a port above 1023"
+        ) from None
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise ListenError(
+            f"cannot listen on {format_endpoint(endpoint)}: {exc.strerror or exc}; "
+            "choose another address with --listen"
+        ) from None
+    if not socks:
+        raise ListenError("no address could be bound; pass --listen HOST:PORT")
+    return socks
+
+
+async def link_host(settings: Settings) -> str:
+    if settings.public_host:
+        return settings.public_host
+    detected = await detect_public_ip(settings.ip_services)
+    if detected:
+        return detected
+    fallback = local_outbound_ip() or "127.0.0.1"
+    log.warning(
+        "could not detect the public IP address; links use %s (pass --public-host to set it)",
+        fallback,
+    )
+    return fallback
+
+
+def format_links(settings: Settings, host: str, port: int) -> str:
+    lines: list[str] = []
+    for index, secret in enumerate(settings.secrets, 1):
+        lines.append(f"secret {index}: {secret.key.hex()}")
+        for link in links_for(host, port, secret.key, settings.modes, list(settings.tls_domains)):
+            lines.append(f"  {link.secret.mode.value:<7} {link.tg}")
+            lines.append(f"  {'':<7} {link.https}")
+    return "\n".join(lines)
+
+
+async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
+    try:
+        socks = bind_listeners(settings)
+    except ListenError as exc:
+        raise CliError(str(exc)) from None
+    server = ProxyServer(settings, listen_sockets=socks)
+    await server.start()
+    addresses = server.addresses
+    modes = ", ".join(m.value for m in Mode if m in settings.modes)
+    log.info(
+        "listening on %s (modes: %s; %s)",
+        ", ".join(format_endpoint(a) for a in addresses),
+        modes,
+        "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
+    )
+    host = await link_host(settings)
+    print(format_links(settings, host, addresses[0][1]), flush=True)
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()
+    return 0

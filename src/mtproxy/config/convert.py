@@ -1,0 +1,161 @@
+"""Value converters shared by the TOML file and the command line.
+
+Each takes what TOML or argparse produced and returns the typed value, or raises
+``ValueError`` with a message that says what is wrong and how to write it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mtproxy.protocol.dc import DcSpecError, Endpoint, parse_dc_override, parse_endpoint
+from mtproxy.protocol.errors import SecretError
+from mtproxy.protocol.secret import ClientSecret, Mode, is_valid_domain, parse_secret
+
+Converter = Callable[[Any], Any]
+
+
+def as_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = as_str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean; write true or false")
+
+
+def int_range(low: int, high: int | None = None) -> Converter:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not an integer")
+        try:
+            number = value if isinstance(value, int) else int(as_str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an integer") from None
+        if number < low or (high is not None and number > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"{number} is out of range; use a value {bound}")
+        return number
+
+    return convert
+
+
+def float_range(low: float, high: float | None = None) -> Converter:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            number = float(value) if isinstance(value, int | float) else float(as_str(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+        if number < low or (high is not None and number > high):
+            bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise ValueError(f"{number:g} is out of range; use a value {bound}")
+        return number
+
+    return convert
+
+
+def endpoint(value: Any) -> Endpoint:
+    try:
+        return parse_endpoint(as_str(value), allow_port_zero=True)
+    except DcSpecError as exc:
+        raise ValueError(f"{exc}; write HOST:PORT, e.g. 0.0.0.0:443 or [::]:443") from None
+
+
+def optional_endpoint(default_port: int) -> Converter:
+    """HOST[:PORT], or 'off'/'' for none."""
+
+    def convert(value: Any) -> Endpoint | None:
+        text = as_str(value).strip()
+        if text.lower() in ("", "off", "none", "no"):
+            return None
+        try:
+            return parse_endpoint(text, default_port)
+        except DcSpecError as exc:
+            raise ValueError(f"{exc}; write HOST:PORT, or off") from None
+
+    return convert
+
+
+def dc_override(value: Any) -> tuple[int, Endpoint]:
+    try:
+        return parse_dc_override(as_str(value))
+    except DcSpecError as exc:
+        raise ValueError(f"{exc}; write ID=HOST:PORT, e.g. 2=149.154.167.51:443") from None
+
+
+def secret_key(value: Any) -> ClientSecret:
+    try:
+        return parse_secret(as_str(value))
+    except SecretError as exc:
+        raise ValueError(f"{exc}; generate one with: mtproxy generate-secret") from None
+
+
+def modes(value: Any) -> frozenset[Mode]:
+    items = value if isinstance(value, list) else as_str(value).split(",")
+    out: set[Mode] = set()
+    for item in items:
+        name = as_str(item).strip().lower()
+        if name == "dd":
+            name = "secure"
+        try:
+            out.add(Mode(name))
+        except ValueError:
+            msg = f"unknown mode {name!r}; use a comma list of classic, secure, tls"
+            raise ValueError(msg) from None
+    if not out:
+        raise ValueError("no mode enabled; use a comma list of classic, secure, tls")
+    return frozenset(out)
+
+
+def domain(value: Any) -> str:
+    text = as_str(value).strip().lower().rstrip(".")
+    if not is_valid_domain(text):
+        raise ValueError(f"{value!r} is not a domain name; write e.g. www.example.com")
+    return text
+
+
+def host(value: Any) -> str:
+    text = as_str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not is_valid_domain(text):
+        raise ValueError(f"{value!r} is neither an IP address nor a host name")
+    return text
+
+
+def path(value: Any) -> Path:
+    text = as_str(value).strip()
+    if not text:
+        raise ValueError("empty path")
+    return Path(text).expanduser()
+
+
+def url(value: Any) -> str:
+    text = as_str(value).strip()
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def log_level(value: Any) -> str:
+    text = as_str(value).strip().upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"{value!r} is not a log level; use debug, info, warning or error")
+    return text

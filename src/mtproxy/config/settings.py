@@ -1,0 +1,238 @@
+"""Every setting of ``mtproxy run``: defaults, TOML file, command line, in that order.
+
+One :class:`Option` row per setting drives the TOML reader, the argparse flags and
+validation, so a new option is one row here plus a field on :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mtproxy.config import convert as cv
+from mtproxy.config.errors import ConfigError
+from mtproxy.protocol.dc import Endpoint
+from mtproxy.protocol.secret import ClientSecret, Mode
+
+ALL_MODES = frozenset(Mode)
+DEFAULT_TLS_DOMAIN = "www.google.com"
+DEFAULT_IP_SERVICES = (
+    "https://api.ipify.org",
+    "https://ifconfig.me/ip",
+    "https://icanhazip.com",
+    "https://ipinfo.io/ip",
+)
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MTPROXY_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(base) / "mtproxy"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration the server runs with."""
+
+    listen: tuple[Endpoint, ...] = (("0.0.0.0", 443), ("::", 443))
+    listen_given: bool = False
+    secrets: tuple[ClientSecret, ...] = ()
+    modes: frozenset[Mode] = ALL_MODES
+    tls_domains: tuple[str, ...] = ()
+    mask: Endpoint | None = None
+    mask_given: bool = False
+    dc: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)
+    prefer_ipv6: bool = False
+    data_dir: Path = field(default_factory=default_data_dir)
+    public_host: str | None = None
+    ip_services: tuple[str, ...] = DEFAULT_IP_SERVICES
+    download_passthrough: bool = False
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    replay_cache_size: int = 100_000
+    replay_window: float = 600.0
+    tls_max_future: float = 120.0
+    buffer_size: int = 128 * 1024
+    keepalive: int = 60
+    backlog: int = 1024
+    log_level: str = "INFO"
+
+    @property
+    def secret_keys(self) -> list[bytes]:
+        return [s.key for s in self.secrets]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its TOML key, its flags, how to read a value, and its help."""
+
+    field: str
+    flags: tuple[str, ...]
+    convert: cv.Converter
+    help: str
+    toml: str = ""
+    repeat: bool = False
+    switch: bool = False
+    metavar: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.toml or self.field
+
+
+OPTIONS: list[Option] = [
+    Option("listen", ("--listen", "-l"), cv.endpoint, "address to accept clients on "
+           "(repeatable; [::]:443 for IPv6)", repeat=True, metavar="HOST:PORT"),
+    Option("secrets", ("--secret", "-s"), cv.secret_key, "proxy secret, 32 hex characters "
+           "(repeatable, up to 16; default: from the data directory, else generated)",
+           toml="secrets", repeat=True, metavar="HEX32"),
+    Option("modes", ("--modes",), cv.modes, "client modes to accept: comma list of classic, "
+           "secure (dd), tls (ee); default all", metavar="LIST"),
+    Option("tls_domains", ("--tls-domain",), cv.domain, "domain fake-TLS clients must name "
+           f"in SNI (repeatable; default {DEFAULT_TLS_DOMAIN})", toml="tls_domains",
+           repeat=True, metavar="DOMAIN"),
+    Option("mask", ("--mask",), cv.optional_endpoint(443), "where clients that fail the "
+           "handshake are relayed (default: the first TLS domain on port 443; 'off' to drop "
+           "them silently)", metavar="HOST:PORT"),
+    Option("dc", ("--dc",), cv.dc_override, "override a DC address (repeatable), e.g. "
+           "2=149.154.167.51:443", repeat=True, metavar="ID=HOST:PORT"),
+    Option("prefer_ipv6", ("--prefer-ipv6",), cv.as_bool, "connect to DCs over IPv6 first, "
+           "falling back to IPv4", switch=True),
+    Option("data_dir", ("--data-dir",), cv.path, "where secrets and state are kept",
+           metavar="DIR"),
+    Option("public_host", ("--public-host",), cv.host, "address put into the printed links "
+           "(default: detected)", metavar="HOST"),
+    Option("ip_services", ("--ip-service",), cv.url, "URL that answers with our public IP, "
+           "for the links (repeatable)", toml="ip_services", repeat=True, metavar="URL"),
+    Option("download_passthrough", ("--download-passthrough",), cv.as_bool, "forward DC->client "
+           "bytes without re-encrypting them (faster; see README for the trade-off)",
+           switch=True),
+    Option("handshake_timeout", ("--handshake-timeout",), cv.float_range(0.5, 300),
+           "seconds a client has to complete its handshake", metavar="SECONDS"),
+    Option("idle_timeout", ("--idle-timeout",), cv.float_range(5, 86400),
+           "close sessions with no traffic for this long", metavar="SECONDS"),
+    Option("connect_timeout", ("--connect-timeout",), cv.float_range(0.5, 120),
+           "timeout for connecting to a DC or the mask host", metavar="SECONDS"),
+    Option("replay_cache_size", ("--replay-cache-size",), cv.int_range(1, 50_000_000),
+           "handshakes remembered for replay protection", metavar="N"),
+    Option("replay_window", ("--replay-window",), cv.float_range(10, 86400),
+           "how long handshakes are remembered, and the oldest fake-TLS timestamp accepted",
+           metavar="SECONDS"),
+    Option("tls_max_future", ("--tls-max-future",), cv.float_range(0, 86400),
+           "how far ahead of our clock a fake-TLS timestamp may be", metavar="SECONDS"),
+    Option("buffer_size", ("--buffer-size",), cv.int_range(4096, 16 * 1024 * 1024),
+           "bytes read from a socket at once", metavar="BYTES"),
+    Option("keepalive", ("--keepalive",), cv.int_range(0, 7200), "TCP keepalive idle time "
+           "in seconds (0 disables)", metavar="SECONDS"),
+    Option("backlog", ("--backlog",), cv.int_range(1, 65535), "listen backlog", metavar="N"),
+    Option("log_level", ("--log-level",), cv.log_level, "debug, info, warning or error",
+           metavar="LEVEL"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option] = ()) -> None:
+    """Register the flags of every option (values stay raw strings; None = not given)."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
+    for opt in options or OPTIONS:
+        if opt.switch:
+            parser.add_argument(*opt.flags, dest=opt.field, default=None,
+                                action=argparse.BooleanOptionalAction, help=opt.help)
+        else:
+            parser.add_argument(*opt.flags, dest=opt.field, default=None, metavar=opt.metavar,
+                                action="append" if opt.repeat else "store", help=opt.help)
+
+
+def _convert(opt: Option, raw: Any, where: str) -> Any:
+    try:
+        if opt.repeat:
+            items = raw if isinstance(raw, list) else [raw]
+            if opt.field == "dc" and isinstance(raw, dict):
+                items = [f"{k}={v}" for k, v in raw.items()]
+            return [opt.convert(item) for item in items]
+        return opt.convert(raw)
+    except ValueError as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found; check the --config path") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML ({exc}); fix the syntax") from None
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    config_path: Path | str | None = None,
+    *,
+    options: Iterable[Option] = (),
+    base: Settings | None = None,
+) -> Settings:
+    """Defaults, then the TOML file, then the flags that were given."""
+    table = list(options) or OPTIONS
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        path = Path(config_path)
+        data = read_toml(path)
+        by_key = {opt.key: opt for opt in table}
+        for key, raw in data.items():
+            opt = by_key.get(key)
+            if opt is None:
+                close = difflib.get_close_matches(key, list(by_key), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "see mtproxy run --help"
+                raise ConfigError(f"{path}: {key}", f"unknown setting; {hint}")
+            values[opt.field] = _convert(opt, raw, f"{path}: {key}")
+    for opt in table:
+        raw = (cli or {}).get(opt.field)
+        if raw is not None:
+            values[opt.field] = _convert(opt, raw, opt.flags[0])
+    return finish(values, base or Settings())
+
+
+def finish(values: dict[str, Any], base: Settings) -> Settings:
+    """Turn converted option values into Settings, filling derived defaults."""
+    known = {f.name for f in fields(Settings)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "dc":
+            table: dict[int, list[Endpoint]] = {}
+            for dc_id, ep in value:
+                table.setdefault(dc_id, []).append(ep)
+            kwargs["dc"] = {k: tuple(v) for k, v in table.items()}
+        elif name in known:
+            kwargs[name] = tuple(value) if isinstance(value, list) else value
+    if "listen" in kwargs:
+        kwargs["listen_given"] = True
+    if "mask" in kwargs:
+        kwargs["mask_given"] = True
+    settings = replace(base, **kwargs)
+    return _derive(settings)
+
+
+def _derive(s: Settings) -> Settings:
+    if len(s.secrets) > 16:
+        raise ConfigError("secrets", f"{len(s.secrets)} secrets given; at most 16 are supported")
+    domains = list(s.tls_domains)
+    for secret in s.secrets:
+        if secret.domain and secret.domain not in domains:
+            domains.append(secret.domain)
+    if Mode.TLS in s.modes and not domains:
+        domains.append(DEFAULT_TLS_DOMAIN)
+    mask = s.mask
+    if not s.mask_given and domains and Mode.TLS in s.modes:
+        mask = (domains[0], 443)
+    return replace(s, tls_domains=tuple(domains), mask=mask)

@@ -1,0 +1,368 @@
+"""Fake TLS: a TLS 1.3-looking handshake authenticated with the proxy secret.
+
+The client hides an HMAC of its ClientHello (keyed with the secret) in the hello's
+``random`` field; the server proves it knows the secret the same way in its
+ServerHello. After that both sides exchange obfuscated2 bytes inside TLS
+application-data records. PROTOCOL.md §4 has the layouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from mtproxy.protocol.errors import TlsError
+
+
+class TlsAuthError(TlsError):
+    """A well-formed ClientHello that no configured secret signed."""
+
+RECORD_HEADER_LEN = 5
+RANDOM_OFFSET = 11  # 5-byte record header + 4-byte handshake header + 2-byte version
+RANDOM_LEN = 32
+#: Largest record payload we accept (TLS 1.3 ciphertext limit 2^14 + 256).
+MAX_RECORD_IN = 16640
+#: Largest record payload we send (the TLS plaintext limit).
+MAX_RECORD_OUT = 16384
+#: Largest ClientHello record we look at; real apps send 517..~2000 bytes.
+MAX_HELLO = 16384
+
+TYPE_CCS = 0x14
+TYPE_ALERT = 0x15
+TYPE_HANDSHAKE = 0x16
+TYPE_APPDATA = 0x17
+
+CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+TLS13_SUITES = (0x1301, 0x1302, 0x1303)
+
+
+def is_grease(value: int) -> bool:
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    random: bytes
+    session_id: bytes
+    cipher_suites: tuple[int, ...]
+    server_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedHello:
+    secret_index: int
+    timestamp: int
+    hello: ClientHello
+
+
+class _Cursor:
+    """Bounds-checked reader over a byte string; every overrun is a TlsError."""
+
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise TlsError("truncated ClientHello")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "big")
+
+    def sub(self, len_bytes: int) -> _Cursor:
+        n = self.uint(len_bytes)
+        if self.pos + n > self.end:
+            raise TlsError("a ClientHello length field overruns its container")
+        cur = _Cursor(self.data, self.pos, self.pos + n)
+        self.pos += n
+        return cur
+
+    @property
+    def left(self) -> int:
+        return self.end - self.pos
+
+
+def hello_record_length(head: bytes) -> int:
+    """Total length of the ClientHello record whose first 5 bytes are ``head``."""
+    if head[0] != TYPE_HANDSHAKE or head[1] != 3 or head[2] not in (1, 3):
+        raise TlsError("not a TLS handshake record")
+    length = int.from_bytes(head[3:5], "big")
+    if not 64 <= length <= MAX_HELLO:
+        raise TlsError(f"ClientHello record length {length} out of range")
+    return RECORD_HEADER_LEN + length
+
+
+def parse_client_hello(record: bytes) -> ClientHello:
+    """Structure of a single-record ClientHello (no authentication)."""
+    if len(record) < RECORD_HEADER_LEN or hello_record_length(record[:5]) != len(record):
+        raise TlsError("ClientHello record length does not match the data")
+    cur = _Cursor(record, RECORD_HEADER_LEN)
+    if cur.uint(1) != 1:
+        raise TlsError("handshake message is not a ClientHello")
+    body = cur.sub(3)
+    if cur.left:
+        raise TlsError("data after the ClientHello message in its record")
+    body.take(2)  # legacy_version
+    random = body.take(RANDOM_LEN)
+    session_id = _take_all(body.sub(1))
+    if len(session_id) > 32:
+        raise TlsError("session id longer than 32 bytes")
+    suites_cur = body.sub(2)
+    if suites_cur.left % 2 or not suites_cur.left:
+        raise TlsError("malformed cipher suite list")
+    suites = tuple(suites_cur.uint(2) for _ in range(suites_cur.left // 2))
+    body.sub(1)  # compression methods
+    names: list[str] = []
+    if body.left:
+        exts = body.sub(2)
+        while exts.left:
+            ext_type = exts.uint(2)
+            ext = exts.sub(2)
+            if ext_type == 0:
+                names += _server_names(ext)
+    return ClientHello(random, session_id, suites, tuple(names))
+
+
+def _take_all(cur: _Cursor) -> bytes:
+    return cur.take(cur.left)
+
+
+def _server_names(ext: _Cursor) -> list[str]:
+    names: list[str] = []
+    entries = ext.sub(2)
+    while entries.left:
+        kind = entries.uint(1)
+        name = _take_all(entries.sub(2))
+        if kind == 0:
+            try:
+                names.append(name.decode("ascii").lower())
+            except UnicodeDecodeError as exc:
+                raise TlsError("SNI host name is not ASCII") from exc
+    return names
+
+
+def _zero_random(record: bytes) -> bytes:
+    return record[:RANDOM_OFFSET] + bytes(RANDOM_LEN) + record[RANDOM_OFFSET + RANDOM_LEN :]
+
+
+def verify_client_hello(record: bytes, secrets: Sequence[bytes]) -> VerifiedHello:
+    """Find the secret whose HMAC the hello carries; return its timestamp.
+
+    The first 28 bytes of HMAC xor random must be zero (compared in constant time);
+    the last 4 are the client's unix time, little-endian.
+    """
+    hello = parse_client_hello(record)
+    zeroed = _zero_random(record)
+    random = hello.random
+    for index, secret in enumerate(secrets):
+        mac = hmac.new(secret, zeroed, hashlib.sha256).digest()
+        if hmac.compare_digest(mac[:28], random[:28]):
+            ts = int.from_bytes(mac[28:], "little") ^ int.from_bytes(random[28:], "little")
+            return VerifiedHello(index, ts, hello)
+    raise TlsAuthError("ClientHello HMAC matches no secret")
+
+
+def choose_cipher_suite(suites: Sequence[int]) -> int:
+    """The client's first non-GREASE suite when it is a TLS 1.3 one, as the official server."""
+    for suite in suites:
+        if not is_grease(suite):
+            return suite if suite in TLS13_SUITES else TLS13_SUITES[0]
+    return TLS13_SUITES[0]
+
+
+def x25519_public() -> bytes:
+    """A real X25519 public value, so the key share is a point on the curve."""
+    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+def build_server_hello(
+    secret: bytes,
+    hello: ClientHello,
+    *,
+    appdata_len: int | None = None,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+    key_share: Callable[[], bytes] = x25519_public,
+) -> bytes:
+    """ServerHello + CCS + one application-data record, HMAC-signed for the client.
+
+    Exactly one application-data record follows, since the client's check covers
+    ServerHello, CCS and one record.
+    """
+    if appdata_len is None:
+        appdata_len = 2500 + int.from_bytes(random_bytes(2), "big") % 1120
+    suite = choose_cipher_suite(hello.cipher_suites)
+    extensions = (
+        b"\x00\x33\x00\x24\x00\x1d\x00\x20" + key_share() + b"\x00\x2b\x00\x02\x03\x04"
+    )
+    sid = hello.session_id
+    body = (
+        b"\x03\x03"
+        + bytes(RANDOM_LEN)
+        + bytes([len(sid)])
+        + sid
+        + suite.to_bytes(2, "big")
+        + b"\x00"
+        + len(extensions).to_bytes(2, "big")
+        + extensions
+    )
+    handshake = b"\x02" + len(body).to_bytes(3, "big") + body
+    response = bytearray(
+        record_header(len(handshake), TYPE_HANDSHAKE)
+        + handshake
+        + CCS_RECORD
+        + record_header(appdata_len)
+        + random_bytes(appdata_len)
+    )
+    digest = hmac.new(secret, hello.random + bytes(response), hashlib.sha256).digest()
+    response[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_LEN] = digest
+    return bytes(response)
+
+
+def verify_server_hello(secret: bytes, client_random: bytes, response: bytes) -> bool:
+    """Client-side check of :func:`build_server_hello`'s signature."""
+    if len(response) < RANDOM_OFFSET + RANDOM_LEN:
+        return False
+    expected = hmac.new(secret, client_random + _zero_random(response), hashlib.sha256).digest()
+    return hmac.compare_digest(expected, response[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_LEN])
+
+
+def build_client_hello(
+    secret: bytes,
+    domain: str,
+    timestamp: int,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """A browser-like ClientHello signed for ``secret`` (self-check, bench, tests)."""
+    name = domain.encode("ascii")
+    sni = (len(name) + 3).to_bytes(2, "big") + b"\x00" + len(name).to_bytes(2, "big") + name
+    exts = (
+        _ext(0x0A0A, b"")
+        + _ext(0x0000, sni)
+        + _ext(0x0017, b"")
+        + _ext(0x000A, b"\x00\x06\x0a\x0a\x00\x1d\x00\x17")
+        + _ext(0x000D, b"\x00\x08\x04\x03\x08\x04\x04\x01\x05\x03")
+        + _ext(0x0033, b"\x00\x29\x0a\x0a\x00\x01\x00\x00\x1d\x00\x20" + random_bytes(32)[:32])
+        + _ext(0x002B, b"\x06\x0a\x0a\x03\x04\x03\x03")
+    )
+    suites = b"\x0a\x0a\x13\x01\x13\x02\x13\x03\xc0\x2b\xc0\x2f"
+
+    session_id = random_bytes(32)
+
+    def assemble(padding: bytes | None) -> bytes:
+        all_exts = exts if padding is None else exts + _ext(0x0015, padding)
+        body = (
+            b"\x03\x03"
+            + bytes(RANDOM_LEN)
+            + b"\x20"
+            + session_id
+            + len(suites).to_bytes(2, "big")
+            + suites
+            + b"\x01\x00"
+            + len(all_exts).to_bytes(2, "big")
+            + all_exts
+        )
+        handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+        return record_header(len(handshake), TYPE_HANDSHAKE, version=b"\x03\x01") + handshake
+
+    unpadded = len(assemble(None))
+    record = bytearray(assemble(bytes(max(0, 517 - unpadded - 4))))
+    mac = hmac.new(secret, bytes(record), hashlib.sha256).digest()
+    ts = (int.from_bytes(mac[28:], "little") ^ timestamp) & 0xFFFFFFFF
+    record[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_LEN] = mac[:28] + ts.to_bytes(4, "little")
+    return bytes(record)
+
+
+def _ext(ext_type: int, data: bytes) -> bytes:
+    return ext_type.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def record_header(length: int, kind: int = TYPE_APPDATA, version: bytes = b"\x03\x03") -> bytes:
+    return struct.pack(">B2sH", kind, version, length)
+
+
+class RecordReader:
+    """Strips TLS record framing from a byte stream, in place.
+
+    Application-data payloads are kept, ChangeCipherSpec records are dropped, any
+    other record type is an error. State carries over between calls, so records may
+    be split anywhere across reads.
+    """
+
+    __slots__ = ("_head", "_remaining", "_skip")
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._remaining = 0
+        self._skip = False
+
+    def unwrap(self, buf: memoryview, n: int) -> int:
+        """Compact the payload bytes of ``buf[:n]`` to its front; return their count."""
+        i = out = 0
+        head = self._head
+        while i < n:
+            if self._remaining == 0:
+                take = min(RECORD_HEADER_LEN - len(head), n - i)
+                head += buf[i : i + take]
+                i += take
+                if len(head) < RECORD_HEADER_LEN:
+                    break
+                self._start_record(head)
+                head.clear()
+                continue
+            take = min(self._remaining, n - i)
+            if self._skip:
+                if buf[i : i + take] != b"\x01" * take:
+                    raise TlsError("malformed ChangeCipherSpec record")
+            else:
+                if out != i:
+                    buf[out : out + take] = buf[i : i + take]
+                out += take
+            i += take
+            self._remaining -= take
+        return out
+
+    def _start_record(self, head: bytearray) -> None:
+        kind, major, minor, length = head[0], head[1], head[2], (head[3] << 8) | head[4]
+        if major != 3 or minor != 3:
+            raise TlsError(f"unexpected record version {major}.{minor}")
+        if kind == TYPE_APPDATA:
+            if length > MAX_RECORD_IN:
+                raise TlsError(f"record of {length} bytes exceeds {MAX_RECORD_IN}")
+            self._skip = False
+        elif kind == TYPE_CCS:
+            if length != 1:
+                raise TlsError("ChangeCipherSpec record must hold one byte")
+            self._skip = True
+        else:
+            raise TlsError(f"unexpected TLS record type {kind:#x}")
+        self._remaining = length
+        if length == 0:
+            self._skip = False
+
+
+def wrapped_size(n: int, max_record: int = MAX_RECORD_OUT) -> int:
+    """Bytes on the wire for ``n`` payload bytes split into records of ``max_record``."""
+    return n + RECORD_HEADER_LEN * -(-n // max_record)
+
+
+def wrap_records(payload: bytes | memoryview, max_record: int = MAX_RECORD_OUT) -> bytes:
+    """Payload split into application-data records (the slow, simple path)."""
+    out = bytearray()
+    for start in range(0, len(payload), max_record):
+        chunk = payload[start : start + max_record]
+        out += record_header(len(chunk))
+        out += chunk
+    return bytes(out)

@@ -1,0 +1,123 @@
+"""The far side of a client session: a DC, the mask host, or anything byte-stream-like.
+
+A peer reads into the loop's shared buffer, optionally decrypts in place, and hands
+the bytes to its client; the client hands it bytes to (optionally) encrypt and send.
+Flow control is wired crosswise: when one side's socket cannot take more, the other
+side stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mtproxy.protocol.crypto import CipherContext
+from mtproxy.proxy.buffers import SharedBuffers
+from mtproxy.proxy.sockets import set_keepalive
+
+if TYPE_CHECKING:
+    from mtproxy.proxy.client import ClientConnection
+
+Deliver = Callable[[memoryview], None]
+
+
+class PeerConnection(asyncio.BufferedProtocol):
+    __slots__ = (
+        "buffers",
+        "client",
+        "decryptor",
+        "deliver",
+        "encryptor",
+        "eof",
+        "first",
+        "keepalive",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        deliver: Deliver,
+        *,
+        first: bytes = b"",
+        encryptor: CipherContext | None = None,
+        decryptor: CipherContext | None = None,
+        keepalive: int = 0,
+    ) -> None:
+        self.client = client
+        self.buffers: SharedBuffers = client.buffers
+        self.deliver = deliver
+        self.first = first
+        self.encryptor = encryptor
+        self.decryptor = decryptor
+        self.keepalive = keepalive
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.keepalive:
+            set_keepalive(sock, self.keepalive)
+        if self.first:
+            transport.write(self.first)
+        self.first = b""
+        self.client.peer_ready(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffers.inview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self.buffers.inview[:nbytes]
+        if self.decryptor is not None:
+            self.decryptor.update_into(view, view)
+        self.deliver(view)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.client.peer_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.peer_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading()
+
+    # -- used by the client ------------------------------------------------------------
+
+    def send(self, data: memoryview) -> None:
+        """Client plaintext -> peer; ``data`` is ours to encrypt in place."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.encryptor is not None:
+            self.encryptor.update_into(data, data)
+        self.buffers.write_in(transport, data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def write_eof(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    def close(self, abort: bool = False) -> None:
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()

@@ -1,0 +1,176 @@
+"""The proxy server: listeners, the set of live sessions, and what they share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Protocol
+
+from mtproxy.config.settings import Settings
+from mtproxy.protocol.dc import Endpoint, format_endpoint
+from mtproxy.protocol.handshake import Accepted, HandshakePolicy
+from mtproxy.protocol.replay import ReplayCache, ReplayGuard
+from mtproxy.proxy.buffers import SharedBuffers
+from mtproxy.proxy.client import ClientConnection
+from mtproxy.proxy.direct import DirectUpstreams
+from mtproxy.proxy.peer import PeerConnection
+from mtproxy.proxy.sockets import listening_socket
+from mtproxy.proxy.stats import ProxyStats, UserStats
+
+log = logging.getLogger("mtproxy.server")
+
+
+class ListenError(Exception):
+    """A listening address could not be bound; the message says why and what to do."""
+
+
+class Upstreams(Protocol):
+    supports_passthrough: bool
+
+    def open(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]: ...
+
+
+class ProxyServer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        replay: ReplayGuard | None = None,
+        listen_sockets: Sequence[socket.socket] = (),
+    ) -> None:
+        if not settings.secrets:
+            raise ValueError("ProxyServer needs at least one secret")
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.stats = ProxyStats()
+        self.stats.users = [
+            UserStats(f"secret{i + 1}") for i in range(len(settings.secrets))
+        ]
+        self.buffers = SharedBuffers(settings.buffer_size)
+        self.replay = replay or ReplayCache(settings.replay_cache_size, settings.replay_window)
+        self.policy = HandshakePolicy(
+            secrets=settings.secret_keys,
+            modes=settings.modes,
+            tls_domains=frozenset(settings.tls_domains),
+            replay=self.replay,
+            tls_max_past=settings.replay_window,
+            tls_max_future=settings.tls_max_future,
+        )
+        self.upstreams: Upstreams = DirectUpstreams(self)
+        self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
+        self.sessions: set[ClientConnection] = set()
+        self._given_sockets = list(listen_sockets)
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- hooks for sessions ------------------------------------------------------------
+
+    def user_for(self, secret_index: int) -> UserStats:
+        return self.stats.users[secret_index]
+
+    def admit(self, client: ClientConnection, user: UserStats) -> bool:
+        """Whether a client that passed its handshake may open an upstream."""
+        return True
+
+    def open_upstream(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
+        return self.upstreams.open(client, accepted)
+
+    def open_mask(self, client: ClientConnection, raw: bytes) -> asyncio.Task[None]:
+        return self.loop.create_task(self._connect_mask(client, raw))
+
+    async def _connect_mask(self, client: ClientConnection, raw: bytes) -> None:
+        mask = self.settings.mask
+        assert mask is not None
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await self.loop.create_connection(
+                    lambda: PeerConnection(client, client.send_raw, first=raw), *mask
+                )
+        except (OSError, TimeoutError) as exc:
+            log.debug("mask host %s unreachable: %s", format_endpoint(mask), exc)
+            client.close()
+
+    def session_closed(self, client: ClientConnection) -> None:
+        """Called once per closed client connection."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        socks = self._given_sockets or [self._bind(ep) for ep in settings.listen]
+        for sock in socks:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=settings.backlog
+            )
+            self._servers.append(server)
+        self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    def _bind(self, endpoint: Endpoint) -> socket.socket:
+        try:
+            return listening_socket(
+                endpoint, backlog=self.settings.backlog, keepalive=self.settings.keepalive
+            )
+        except PermissionError:
+            raise ListenError(
+                f"cannot listen on {format_endpoint(endpoint)}: permission denied; run as root, "
+                "grant CAP_NET_BIND_SERVICE, or use --listen with a port above 1023"
+            ) from None
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {format_endpoint(endpoint)}: {exc.strerror or exc}; "
+                "pick another address with --listen"
+            ) from None
+
+    @property
+    def addresses(self) -> list[Endpoint]:
+        out: list[Endpoint] = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                out.append((name[0], name[1]))
+        return out
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.settings.idle_timeout
+        period = min(timeout / 4, 15.0)
+        ticks_needed = max(1, round(timeout / period))
+        while True:
+            await asyncio.sleep(period)
+            for client in list(self.sessions):
+                if client.handshake is not None:
+                    continue
+                if client.active:
+                    client.active = False
+                    client.idle_ticks = 0
+                    continue
+                client.idle_ticks += 1
+                if client.idle_ticks >= ticks_needed:
+                    client.close()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting; let sessions finish for up to ``grace`` seconds; close the rest."""
+        for server in self._servers:
+            server.close()
+        if grace > 0 and self.sessions:
+            deadline = self.loop.time() + grace
+            while self.sessions and self.loop.time() < deadline:
+                await asyncio.sleep(min(0.1, grace))
+        for client in list(self.sessions):
+            client.close(abort=True)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for server in self._servers:
+            await server.wait_closed()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> ProxyServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
