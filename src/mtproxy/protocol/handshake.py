@@ -18,6 +18,9 @@ from mtproxy.protocol.obfuscated2 import HEADER_LEN, ClientHandshake, parse_clie
 from mtproxy.protocol.replay import ReplayGuard
 from mtproxy.protocol.secret import Mode
 
+#: First bytes of every TLS ClientHello record a Telegram app sends.
+TLS_PREFIX = b"\x16\x03\x01"
+
 #: How many bytes of a client's opening we hold before a verdict, at most.
 MAX_OPENING = faketls.RECORD_HEADER_LEN + faketls.MAX_HELLO
 
@@ -90,10 +93,12 @@ class ServerHandshake:
     def _feed_opening(self, now: float) -> Event | None:
         raw = self.raw
         modes = self.policy.modes
-        if not raw:
-            return None
-        if raw[0] == faketls.TYPE_HANDSHAKE and Mode.TLS in modes:
-            return self._feed_hello(now)
+        if Mode.TLS in modes:
+            # An obfuscated2 header may start with 0x16 too; only the full TLS record
+            # prefix (which real clients never produce by chance) selects fake TLS.
+            head = bytes(raw[: len(TLS_PREFIX)])
+            if head == TLS_PREFIX[: len(head)]:
+                return self._feed_hello(now) if len(head) == len(TLS_PREFIX) else None
         if Mode.CLASSIC not in modes and Mode.SECURE not in modes:
             return Rejected("mode_disabled")
         if len(raw) < HEADER_LEN:

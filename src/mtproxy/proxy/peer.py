@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mtproxy.protocol.crypto import CipherContext
 from mtproxy.proxy.buffers import SharedBuffers
@@ -58,13 +58,13 @@ class PeerConnection(asyncio.BufferedProtocol):
     # -- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.keepalive:
             set_keepalive(sock, self.keepalive)
         if self.first:
-            transport.write(self.first)
+            self.transport.write(self.first)
         self.first = b""
         self.client.peer_ready(self)
 

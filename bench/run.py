@@ -1,0 +1,346 @@
+"""The performance table: proxy CPU per byte against the AES floor, latency, handshakes, RSS.
+
+Run with ``make bench`` (or ``python bench/run.py --help``). It starts the fake DC
+and the proxies as separate processes and reads the proxies' CPU time from /proc,
+so the load generator's own work never counts. Absolute numbers vary from machine
+to machine; the ratios against the AES floor, measured in the same run, are what
+to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from mtproxy.protocol import faketls  # noqa: E402
+from mtproxy.protocol.framing import Framing  # noqa: E402
+from mtproxy.protocol.obfuscated2 import build_client_header, build_dc_header  # noqa: E402
+
+SECRET = bytes.fromhex("0123456789abcdef0123456789abcdef")
+DOMAIN = "bench.example.com"
+CLK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE = 1, 2, 3, 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+@contextmanager
+def process(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def proxy_command(port: int, dc_port: int, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
+           "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
+           "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600"]
+    for dc in (DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE):
+        cmd += ["--dc", f"{dc}=127.0.0.1:{dc_port}"]
+    return cmd + extra
+
+
+# -- client side ---------------------------------------------------------------------------
+
+
+class Client:
+    """A blocking client that does the handshake and then moves raw bytes."""
+
+    def __init__(self, port: int, dc_id: int, tls: bool, direct: bool = False) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tls = tls
+        if direct:
+            header = build_dc_header(Framing.INTERMEDIATE, dc_id).header
+        else:
+            header = build_client_header(SECRET, Framing.INTERMEDIATE, dc_id).header
+        if tls:
+            hello = faketls.build_client_hello(SECRET, DOMAIN, int(time.time()))
+            self.sock.sendall(hello)
+            self._read_server_hello()
+            self.sock.sendall(faketls.CCS_RECORD + faketls.wrap_records(header))
+        else:
+            self.sock.sendall(header)
+
+    def _read_server_hello(self) -> None:
+        head = self._exact(5)
+        self._exact(int.from_bytes(head[3:5], "big"))
+        self._exact(6)
+        head = self._exact(5)
+        self._exact(int.from_bytes(head[3:5], "big"))
+
+    def _exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed")
+            out += chunk
+        return bytes(out)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(faketls.wrap_records(data) if self.tls else data)
+
+    def recv_some(self, n: int) -> int:
+        """Read at least ``n`` payload bytes (record headers are skipped by length)."""
+        need = faketls.wrapped_size(n) if self.tls else n
+        got = 0
+        while got < need:
+            chunk = self.sock.recv(need - got)
+            if not chunk:
+                raise ConnectionError("closed")
+            got += len(chunk)
+        return got
+
+    def drain(self, buf: memoryview) -> int:
+        total = 0
+        while True:
+            n = self.sock.recv_into(buf)
+            if not n:
+                return total
+            total += n
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    value: str
+    target: str = ""
+    ok: bool | None = None
+
+
+def aes_floor(total: int, chunk: int) -> float:
+    """CPU seconds for two AES-256-CTR passes over ``total`` bytes (the unavoidable work)."""
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    start = time.process_time()
+    for _ in range(2):
+        ctx = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
+        done = 0
+        while done < total:
+            m = min(chunk, total - done)
+            ctx.update_into(view[:m], view[:m])
+            done += m
+    return time.process_time() - start
+
+
+def bulk_download(proxy_pid: int, port: int, total: int, tls: bool) -> float:
+    buf = memoryview(bytearray(1 << 20))
+    before = cpu_seconds(proxy_pid)
+    client = Client(port, DC_SOURCE, tls)
+    got = client.drain(buf)
+    client.close()
+    expected = faketls.wrapped_size(total) if tls else total
+    if got < expected:
+        raise RuntimeError(f"download short: {got} of {expected}")
+    return cpu_seconds(proxy_pid) - before
+
+
+def bulk_upload(proxy_pid: int, port: int, total: int, tls: bool) -> float:
+    block = bytes(256 * 1024) if not tls else faketls.wrap_records(bytes(256 * 1024))
+    payload_per_block = 256 * 1024
+    before = cpu_seconds(proxy_pid)
+    client = Client(port, DC_SINK, tls)
+    sent = 0
+    while sent < total:
+        client.sock.sendall(block)
+        sent += payload_per_block
+    client.sock.shutdown(socket.SHUT_WR)
+    buf = memoryview(bytearray(64))
+    client.drain(buf)
+    client.close()
+    return cpu_seconds(proxy_pid) - before
+
+
+def echo_latency(
+    port: int, count: int, direct: bool, pid: int | None
+) -> tuple[float, float, float]:
+    """p50 and p99 round trip in microseconds, and proxy CPU per round trip."""
+    client = Client(port, DC_ECHO, tls=False, direct=direct)
+    packet = struct.pack("<I", 60) + os.urandom(60)
+    samples: list[float] = []
+    for _ in range(50):  # warm-up
+        client.send(packet)
+        client.recv_some(len(packet))
+    before = cpu_seconds(pid) if pid else 0.0
+    for _ in range(count):
+        t0 = time.perf_counter()
+        client.send(packet)
+        client.recv_some(len(packet))
+        samples.append((time.perf_counter() - t0) * 1e6)
+    cpu = (cpu_seconds(pid) - before) if pid else 0.0
+    client.close()
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)], cpu / count * 1e6
+
+
+def handshakes(pid: int, port: int, count: int, tls: bool) -> tuple[float, float]:
+    """Handshakes per second (sequential, including the DC connect) and CPU per handshake."""
+    packet = struct.pack("<I", 4) + b"ping"
+    before = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        client = Client(port, DC_ECHO, tls)
+        client.send(packet)
+        client.recv_some(len(packet))
+        client.close()
+    wall = time.perf_counter() - t0
+    return count / wall, (cpu_seconds(pid) - before) / count * 1e6
+
+
+def idle_rss(pid: int, port: int, count: int) -> float:
+    """RSS growth per established idle session (client + DC socket), in bytes."""
+    before = rss_bytes(pid)
+    packet = struct.pack("<I", 4) + b"ping"
+    clients = []
+    try:
+        for _ in range(count):
+            client = Client(port, DC_ECHO, tls=False)
+            client.send(packet)
+            clients.append(client)
+        for client in clients:
+            client.recv_some(len(packet))
+        time.sleep(0.5)
+        return (rss_bytes(pid) - before) / count
+    finally:
+        for client in clients:
+            client.close()
+
+
+# -- table ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bytes", type=int, default=1 << 30, help="bytes per bulk transfer")
+    parser.add_argument("--echo-count", type=int, default=5000)
+    parser.add_argument("--handshake-count", type=int, default=1000)
+    parser.add_argument("--idle", default="1000,5000", help="idle session counts for RSS")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.bytes, args.echo_count, args.handshake_count, args.idle = 64 << 20, 500, 100, "200"
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    total = args.bytes
+    gib = total / (1 << 30)
+    dc_port, p_plain, p_pass = free_port(), free_port(), free_port()
+    rows: list[Row] = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    dc_cmd = [sys.executable, str(ROOT / "bench" / "dc_server.py"), "--port", str(dc_port),
+              "--source-bytes", str(total)]
+    with process(dc_cmd, dc_port), \
+            process(proxy_command(p_plain, dc_port, []), p_plain) as plain, \
+            process(proxy_command(p_pass, dc_port, ["--download-passthrough"]), p_pass) as pt:
+        del env
+        floor = aes_floor(total, 128 * 1024)
+        rows.append(Row("AES floor: 2 x AES-256-CTR, CPU s/GiB", f"{floor / gib:.3f}"))
+
+        def ratio_row(name: str, seconds: float, target: float) -> None:
+            ratio = seconds / floor
+            rows.append(Row(name, f"{seconds / gib:.3f} s/GiB = {ratio:.2f}x floor",
+                            f"<= {target:g}x", ratio <= target))
+
+        ratio_row("download, pass-through, classic", bulk_download(pt.pid, p_pass, total, False), 3)
+        ratio_row("download, re-encrypting, classic",
+                  bulk_download(plain.pid, p_plain, total, False), 4)
+        ratio_row("upload, classic", bulk_upload(plain.pid, p_plain, total, False), 4)
+        ratio_row("download, pass-through, fake TLS", bulk_download(pt.pid, p_pass, total, True), 3)
+        ratio_row("download, re-encrypting, fake TLS",
+                  bulk_download(plain.pid, p_plain, total, True), 4)
+        ratio_row("upload, fake TLS", bulk_upload(plain.pid, p_plain, total, True), 4)
+
+        base50, base99, _ = echo_latency(dc_port, args.echo_count, True, None)
+        p50, p99, cpu = echo_latency(p_plain, args.echo_count, False, plain.pid)
+        rows.append(Row("echo RTT without proxy p50 / p99", f"{base50:.0f} / {base99:.0f} us"))
+        rows.append(Row("echo RTT through proxy p50 / p99", f"{p50:.0f} / {p99:.0f} us"))
+        rows.append(Row("added latency p50 / p99", f"{p50 - base50:.0f} / {p99 - base99:.0f} us"))
+        rows.append(Row("proxy CPU per echoed packet", f"{cpu:.1f} us", "<= 25 us", cpu <= 25))
+
+        for tls in (False, True):
+            rate, per = handshakes(plain.pid, p_plain, args.handshake_count, tls)
+            kind = "fake TLS" if tls else "classic"
+            rows.append(Row(f"handshakes/s ({kind}, sequential, incl. DC connect)", f"{rate:.0f}"))
+            rows.append(Row(f"proxy CPU per handshake ({kind})", f"{per:.0f} us", "<= 250 us",
+                            per <= 250))
+
+        for count in (int(c) for c in args.idle.split(",")):
+            per_conn = idle_rss(pt.pid, p_pass, count)
+            rows.append(Row(f"RSS per idle session at {count} (pass-through)",
+                            f"{per_conn / 1024:.1f} KiB", "<= 12 KiB", per_conn <= 12 * 1024))
+            per_conn = idle_rss(plain.pid, p_plain, count)
+            rows.append(Row(f"RSS per idle session at {count} (re-encrypting)",
+                            f"{per_conn / 1024:.1f} KiB", "<= 12 KiB", per_conn <= 12 * 1024))
+    print_table(rows, total)
+    return 0
+
+
+def print_table(rows: list[Row], total: int) -> None:
+    width = max(len(r.name) for r in rows)
+    vwidth = max(len(r.value) for r in rows)
+    print(f"\nmtproxy benchmark ({total >> 20} MiB per transfer, python {sys.version.split()[0]})")
+    print(f"{'measure':<{width}}  {'result':<{vwidth}}  target")
+    print("-" * (width + vwidth + 20))
+    for r in rows:
+        mark = "" if r.ok is None else ("ok" if r.ok else "MISSED")
+        print(f"{r.name:<{width}}  {r.value:<{vwidth}}  {r.target} {mark}".rstrip())
+
+if __name__ == "__main__":
+    sys.exit(main())
