@@ -87,7 +87,7 @@ def me_side_keys(
 
     Independent of ``mtproxy.protocol.rpc.keys`` on purpose: fixed offsets into a
     bytearray, and the read key obtained by XOR-flipping "SERVER" into "CLIENT" in
-    place (net-crypto-aes.c:279-285).
+    place (net-crypto-aes.c:295-301).
     """
     srv4, srv6 = _ip_for_kdf(server[0])
     clt4, clt6 = _ip_for_kdf(client[0])

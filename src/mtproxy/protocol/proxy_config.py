@@ -43,11 +43,11 @@ MAX_CONFIG_BYTES: Final = 1 << 20
 #: MAX_CFG_TARGETS / MAX_CFG_CLUSTERS (mtproto/mtproto-config.h).
 MAX_TARGETS: Final = 4096
 MAX_CLUSTERS: Final = 1024
-#: Defaults of the official server (mtproto-config.c:236-243, mtproto-proxy.c:149-150).
+#: Defaults of the official server (mtproto-config.c:235-243, mtproto-proxy.c:149-150).
 DEFAULT_TIMEOUT_MS: Final = 300
 DEFAULT_MIN_CONNECTIONS: Final = 4
 DEFAULT_MAX_CONNECTIONS: Final = 8
-#: Upper bound of max_connections and range of timeout (mtproto-config.c:264-267, 317).
+#: Upper bound of max_connections and range of timeout (mtproto-config.c:268, 321).
 MAX_CONNECTIONS_LIMIT: Final = 1000
 TIMEOUT_MS_RANGE: Final = (10, 30000)
 #: Longest host word the official lexer accepts (parse-config.c:cfg_gethost_ex).

@@ -233,7 +233,7 @@ class RpcClient:
             self._codec.set_crc32c()
         if not self.sender_pid.matches(message.peer_pid):
             # OFF: matches_pid(&PID, &reply.peer_pid), zero fields of the reply being
-            # wildcards (net-tcp-rpc-client.c:306); ALX compares the bytes.
+            # wildcards (net-tcp-rpc-client.c:311); ALX compares the bytes.
             raise RpcError("RPC_HANDSHAKE reply names another process as its peer")
         # The reply's sender_pid is only recorded: OFF also matches it against the
         # address it dialled, ALX and TMT do not, and a middle-end behind a load

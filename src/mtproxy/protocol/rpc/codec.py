@@ -2,7 +2,7 @@
 
 Each frame is ``len:i32 | seq:i32 | payload | crc:u32`` (all little-endian), where
 ``len`` counts the whole frame and ``crc`` covers everything before it
-(net-tcp-rpc-common.c:43-60). Sequence numbers start at -2 in each direction:
+(net-tcp-rpc-common.c:42-60, 159-170). Sequence numbers start at -2 in each direction:
 -2 is the plaintext RPC_NONCE, -1 the RPC_HANDSHAKE, then 0, 1, 2, ...
 
 Everything after the nonce frame is AES-256-CBC, one chain per direction for the

@@ -161,7 +161,7 @@ class Nonce:
 
     ``key_select`` is the first 4 bytes of the proxy secret read as little-endian
     (:func:`mtproxy.protocol.proxy_config.key_selector`); ``crypto_ts`` is the
-    sender's unix time (OFF ``time(0)``, net-tcp-rpc-client.c:592). The official
+    sender's unix time (OFF ``time(0)``, net-tcp-rpc-client.c:605). The official
     nonce is MD5 over entropy (net-crypto-aes.c:217); any 16 random bytes do.
     Only the 32-byte form is supported: extra-key and DH schemas are never
     requested by this client, so a longer nonce is an error.
@@ -248,7 +248,7 @@ class Handshake:
     """RPC_HANDSHAKE (seq -1, first encrypted frame): flags, sender id, peer id.
 
     ``flags`` is 0 or :data:`RPCF_USE_CRC32C`; a reply with any of the low 8 bits set
-    is refused by the official client (net-tcp-rpc-client.c:310). The server copies
+    is refused by the official client (net-tcp-rpc-client.c:315). The server copies
     the client's ``sender_pid`` into its reply's ``peer_pid``.
     """
 
@@ -591,7 +591,7 @@ def proxy_req_flags(
 ) -> int:
     """Flags of an RPC_PROXY_REQ carrying one packet of a client connection.
 
-    Always :data:`FLAG_MAGIC` (every ext-server client, mtproto-proxy.c:1753) and
+    Always :data:`FLAG_MAGIC` (every ext-server client, mtproto-proxy.c:1734) and
     :data:`FLAG_EXTMODE2` (obfuscated2 clients, net-tcp-rpc-ext-server.c:1324-1330);
     :data:`FLAG_ABRIDGED` for abridged, :data:`FLAG_INTERMEDIATE` for intermediate
     and padded; :data:`FLAG_NOT_ENCRYPTED` when the packet's ``auth_key_id`` (its
