@@ -1,0 +1,255 @@
+"""The "full" RPC transport of one middle-end connection, without I/O.
+
+Each frame is ``len:i32 | seq:i32 | payload | crc:u32`` (all little-endian), where
+``len`` counts the whole frame and ``crc`` covers everything before it
+(net-tcp-rpc-common.c:42-60, 159-170). Sequence numbers start at -2 in each direction:
+-2 is the plaintext RPC_NONCE, -1 the RPC_HANDSHAKE, then 0, 1, 2, ...
+
+Everything after the nonce frame is AES-256-CBC, one chain per direction for the
+connection's lifetime (net-crypto-aes.c). Because CBC works on 16-byte blocks,
+every flush pads the output with 4-byte words ``04 00 00 00``; a reader skips
+any frame length of exactly 4 (net-tcp-rpc-common.c:218-232, net-tcp-rpc-client.c:353).
+
+The codec is symmetric: the client and the server side both use it, the only
+difference is which derived keys they pass to :meth:`RpcCodec.start_encryption`.
+Typical order on either side::
+
+    codec = RpcCodec()
+    wire = codec.encode(our_nonce.encode())          # plaintext
+    [peer_nonce] = codec.feed(received)              # plaintext; later bytes wait
+    codec.start_encryption(keys)                     # from both nonces
+    wire = codec.encode_flush(handshake.encode())    # encrypted, padded
+    payloads = codec.feed(more_received)             # decrypted frames in order
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from mtproxy.protocol.rpc.constants import (
+    DEFAULT_MAX_FRAME_LEN,
+    FIRST_SEQ,
+    FRAME_OVERHEAD,
+    MIN_FRAME_LEN,
+    PADDING_WORD,
+)
+from mtproxy.protocol.rpc.crc import crc32, crc32c
+from mtproxy.protocol.rpc.errors import RpcError
+from mtproxy.protocol.rpc.keys import RpcKeys
+
+_HEAD: Final = struct.Struct("<ii")
+_U32: Final = struct.Struct("<I")
+_I32: Final = struct.Struct("<i")
+
+
+def _next_seq(seq: int) -> int:
+    """Increment as a C ``int`` would (wrapping at 2**31)."""
+    return (seq + 1 + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+class RpcCodec:
+    """Frames, checksums, encrypts and pads one RPC connection's byte streams.
+
+    Receive side: :meth:`feed` takes bytes in any split and returns the payloads of
+    all complete frames. After the peer's plaintext nonce frame (seq -2) it stops
+    parsing until :meth:`start_encryption` is called, because what follows is
+    ciphertext; call ``feed(b"")`` afterwards to process bytes that were held back.
+
+    Send side: :meth:`encode` frames a payload and returns what may be written now
+    (with encryption on, whole AES blocks only; the remainder stays inside the
+    cipher); :meth:`flush` pads to a block boundary and returns the rest. Write
+    the results of both, in order. :meth:`encode_flush` does both at once.
+
+    CRC32C (negotiated in RPC_HANDSHAKE) applies only to frames with seq >= 0 in
+    both directions, which matches when the official peers switch (right after
+    the handshake frames): enable it with :meth:`set_crc32c` as soon as it is
+    agreed, before or after the handshake reply.
+
+    Any :class:`RpcError` leaves the codec failed; every later call raises again.
+    """
+
+    def __init__(self, *, max_frame_len: int = DEFAULT_MAX_FRAME_LEN) -> None:
+        if max_frame_len < MIN_FRAME_LEN:
+            raise ValueError(f"max_frame_len must be at least {MIN_FRAME_LEN}")
+        self._max_frame_len = max_frame_len
+        self._out_seq = FIRST_SEQ
+        self._in_seq = FIRST_SEQ
+        self._encryptor: CipherContext | None = None
+        self._decryptor: CipherContext | None = None
+        self._out_partial = 0  # bytes handed to the encryptor since the last block boundary
+        self._plain = bytearray()  # received plaintext not yet parsed into frames
+        self._held = bytearray()  # received ciphertext that arrived before the keys
+        self._awaiting_keys = False
+        self._crc32c = False
+        self._failure: str | None = None
+
+    # --- state --------------------------------------------------------------
+
+    @property
+    def encrypted(self) -> bool:
+        """True once :meth:`start_encryption` was called."""
+        return self._encryptor is not None
+
+    @property
+    def crc32c(self) -> bool:
+        """True when frames with seq >= 0 use CRC32C."""
+        return self._crc32c
+
+    @property
+    def out_seq(self) -> int:
+        """Sequence number the next encoded frame will carry."""
+        return self._out_seq
+
+    @property
+    def in_seq(self) -> int:
+        """Sequence number the next received frame must carry."""
+        return self._in_seq
+
+    @property
+    def awaiting_keys(self) -> bool:
+        """True after the peer's nonce frame arrived and before the keys are set."""
+        return self._awaiting_keys
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet returned as payloads (partial frames, held ciphertext)."""
+        return len(self._plain) + len(self._held)
+
+    def set_crc32c(self, enabled: bool = True) -> None:
+        """Use CRC32C instead of CRC32 for frames with seq >= 0, both directions."""
+        self._crc32c = enabled
+
+    def start_encryption(self, keys: RpcKeys) -> None:
+        """Switch both directions to AES-256-CBC; call once, after both nonces."""
+        self._check_alive()
+        if self._encryptor is not None:
+            raise ValueError("encryption already started")
+        for name, value, size in (
+            ("write_key", keys.write_key, 32),
+            ("write_iv", keys.write_iv, 16),
+            ("read_key", keys.read_key, 32),
+            ("read_iv", keys.read_iv, 16),
+        ):
+            if len(value) != size:
+                raise ValueError(f"{name} must be {size} bytes")
+        if self._plain and not self._awaiting_keys:
+            raise ValueError("unparsed plaintext is pending; keys must follow the nonce frame")
+        self._encryptor = Cipher(
+            algorithms.AES(keys.write_key), modes.CBC(keys.write_iv)
+        ).encryptor()
+        self._decryptor = Cipher(algorithms.AES(keys.read_key), modes.CBC(keys.read_iv)).decryptor()
+        self._out_partial = 0
+        self._awaiting_keys = False
+        held, self._held = bytes(self._held), bytearray()
+        if held:
+            self._plain += self._decryptor.update(held)
+
+    # --- sending -------------------------------------------------------------
+
+    def encode(self, payload: bytes) -> bytes:
+        """Frame ``payload`` (a non-empty multiple of 4 bytes) and return the bytes ready now."""
+        self._check_alive()
+        size = len(payload)
+        if size < 4 or size % 4:
+            raise ValueError(f"RPC payload must be a non-empty multiple of 4 bytes, got {size}")
+        length = size + FRAME_OVERHEAD
+        if length > self._max_frame_len:
+            raise ValueError(f"frame of {length} bytes exceeds the limit {self._max_frame_len}")
+        seq = self._out_seq
+        self._out_seq = _next_seq(seq)
+        frame = bytearray(_HEAD.pack(length, seq))
+        frame += payload
+        frame += _U32.pack(self._checksum(seq, frame))
+        if self._encryptor is None:
+            return bytes(frame)
+        self._out_partial = (self._out_partial + length) % 16
+        return self._encryptor.update(bytes(frame))
+
+    def flush(self) -> bytes:
+        """Pad the encrypted stream to a block boundary and return the remaining bytes."""
+        self._check_alive()
+        if self._encryptor is None or self._out_partial == 0:
+            return b""
+        padding = PADDING_WORD * ((16 - self._out_partial) // 4)
+        self._out_partial = 0
+        return self._encryptor.update(padding)
+
+    def encode_flush(self, *payloads: bytes) -> bytes:
+        """Encode every payload, then flush: one write's worth of bytes."""
+        parts = [self.encode(payload) for payload in payloads]
+        parts.append(self.flush())
+        return b"".join(parts)
+
+    # --- receiving -------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take received bytes; return the payloads of the frames they completed."""
+        self._check_alive()
+        if self._awaiting_keys:
+            self._held += data
+            return []
+        if self._decryptor is not None:
+            if data:
+                self._plain += self._decryptor.update(bytes(data))
+        else:
+            self._plain += data
+        try:
+            return self._parse()
+        except RpcError as exc:
+            self._failure = str(exc)
+            raise
+
+    def _parse(self) -> list[bytes]:
+        buf = self._plain
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = _I32.unpack_from(buf, pos)
+            if length <= 0 or length % 4 or length > self._max_frame_len:
+                raise RpcError(f"bad RPC frame length {length}")
+            if length == 4:  # filler word from the peer's padding
+                pos += 4
+                continue
+            if length < MIN_FRAME_LEN:
+                raise RpcError(f"RPC frame length {length} below the minimum {MIN_FRAME_LEN}")
+            if end - pos < length:
+                break
+            frame = memoryview(buf)[pos : pos + length]
+            try:
+                expected_seq = self._in_seq
+                (crc,) = _U32.unpack_from(frame, length - 4)
+                actual = self._checksum(expected_seq, frame[: length - 4])
+                (seq,) = _I32.unpack_from(frame, 4)
+                payload = bytes(frame[8 : length - 4])
+            finally:
+                frame.release()
+            if crc != actual:
+                raise RpcError(f"RPC frame CRC mismatch: got {crc:08x}, computed {actual:08x}")
+            if seq != expected_seq:
+                raise RpcError(f"RPC frame seq {seq}, expected {expected_seq}")
+            self._in_seq = _next_seq(seq)
+            out.append(payload)
+            pos += length
+            if self._decryptor is None and seq == FIRST_SEQ:
+                # Whatever follows the peer's nonce frame is already encrypted.
+                self._awaiting_keys = True
+                self._held += buf[pos:]
+                pos = end
+                break
+        del buf[:pos]
+        return out
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _checksum(self, seq: int, data: bytes | bytearray | memoryview) -> int:
+        if self._crc32c and seq >= 0:
+            return crc32c(data)
+        return crc32(data)
+
+    def _check_alive(self) -> None:
+        if self._failure is not None:
+            raise RpcError(f"RPC connection already failed: {self._failure}")
