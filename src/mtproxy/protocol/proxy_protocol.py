@@ -36,6 +36,7 @@ from mtproxy.protocol.errors import ProtocolError
 
 __all__ = [
     "MAX_HEADER_LENGTH",
+    "MIN_MAX_LENGTH",
     "V1_MAX_LENGTH",
     "V2_SIGNATURE",
     "Address",
