@@ -276,8 +276,8 @@ async def drive_telethon_raw(
     """Run a Telethon client with any connection class until ``responder`` accepts its
     req_DH_params. Without ``proxy`` Telethon dials ``dc_host:dc_port`` itself (usable with
     ``ConnectionTcpObfuscated`` straight at a FakeDC)."""
-    from telethon import TelegramClient  # type: ignore[import-untyped]
-    from telethon.sessions import StringSession  # type: ignore[import-untyped]
+    from telethon import TelegramClient
+    from telethon.sessions import StringSession
 
     class ClosingConnection(connection_cls):  # type: ignore[misc]
         """Telethon 1.45 forgets the socket of a failed MTProxy attempt (it disconnects

@@ -19,15 +19,15 @@ from fakes.obfs import (
     make_initiator_header,
     random_header_base,
 )
-from telethon.network.connection.tcpabridged import (  # type: ignore[import-untyped]
+from telethon.network.connection.tcpabridged import (
     AbridgedPacketCodec,
 )
-from telethon.network.connection.tcpintermediate import (  # type: ignore[import-untyped]
+from telethon.network.connection.tcpintermediate import (
     IntermediatePacketCodec,
     RandomizedIntermediatePacketCodec,
 )
-from telethon.network.connection.tcpmtproxy import MTProxyIO  # type: ignore[import-untyped]
-from telethon.network.connection.tcpobfuscated import ObfuscatedIO  # type: ignore[import-untyped]
+from telethon.network.connection.tcpmtproxy import MTProxyIO
+from telethon.network.connection.tcpobfuscated import ObfuscatedIO
 
 CODECS = [AbridgedPacketCodec, IntermediatePacketCodec, RandomizedIntermediatePacketCodec]
 

@@ -24,21 +24,21 @@ from fakes.telethon_dc import (
     plain_message,
     req_pq_multi,
 )
-from telethon.crypto import rsa  # type: ignore[import-untyped]
-from telethon.crypto.factorization import Factorization  # type: ignore[import-untyped]
-from telethon.extensions import BinaryReader  # type: ignore[import-untyped]
-from telethon.network.connection import (  # type: ignore[import-untyped]
+from telethon.crypto import rsa
+from telethon.crypto.factorization import Factorization
+from telethon.extensions import BinaryReader
+from telethon.network.connection import (
     ConnectionTcpMTProxyAbridged,
     ConnectionTcpMTProxyIntermediate,
     ConnectionTcpMTProxyRandomizedIntermediate,
     ConnectionTcpObfuscated,
 )
-from telethon.network.connection.tcpintermediate import (  # type: ignore[import-untyped]
+from telethon.network.connection.tcpintermediate import (
     IntermediatePacketCodec,
     RandomizedIntermediatePacketCodec,
 )
-from telethon.tl.functions import ReqDHParamsRequest, ReqPqMultiRequest  # type: ignore[import-untyped]
-from telethon.tl.types import PQInnerData, ResPQ  # type: ignore[import-untyped]
+from telethon.tl.functions import ReqDHParamsRequest, ReqPqMultiRequest
+from telethon.tl.types import PQInnerData, ResPQ
 
 from .miniproxy import MiniProxy
 

@@ -2,16 +2,13 @@
 
 The official server asks for CRC32C in its RPC_HANDSHAKE (``engine.c:571`` sets
 ``RPCF_USE_CRC32C`` by default) and TMT does too; ALX never does. Python has no
-CRC32C in the standard library, so the C implementation of the ``crc32c``
-package is used when it is installed and a table-driven fallback otherwise.
-The fallback is correct but slow: request CRC32C only when
-:data:`HAVE_FAST_CRC32C` is true.
+CRC32C in the standard library, and zlib's CRC32 is in C, so we keep to CRC32 (the
+middle-end accepts either) and carry a table-driven CRC32C only for completeness.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 
 _CASTAGNOLI_REFLECTED = 0x82F63B78
 
@@ -38,28 +35,12 @@ def crc32c_pure(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _load_fast() -> Callable[[bytes | bytearray | memoryview], int] | None:
-    try:
-        from crc32c import crc32c as fast
-    except ImportError:  # the optional C implementation is missing
-        return None
-
-    def call(data: bytes | bytearray | memoryview) -> int:
-        return int(fast(data))
-
-    return call
-
-
-_FAST = _load_fast()
-
-#: True when CRC32C runs in C; requesting CRC32C without it costs a lot of CPU.
-HAVE_FAST_CRC32C: bool = _FAST is not None
+#: CRC32C runs in pure Python here, so the proxy never asks a middle-end for it.
+HAVE_FAST_CRC32C = False
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC32C of ``data`` using the fastest available implementation."""
-    if _FAST is not None:
-        return _FAST(data)
+    """CRC32C of ``data`` (pure Python: fine for tests and a peer that insists)."""
     return crc32c_pure(data)
 
 
