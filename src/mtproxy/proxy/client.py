@@ -65,6 +65,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "reading_paused",
         "records",
         "server",
+        "sockname",
         "stats",
         "timer",
         "transport",
@@ -78,7 +79,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.stats = server.stats
         self.buffers: SharedBuffers = server.buffers
         self.transport: asyncio.Transport | None = None
+        #: The client's address and the local address it reached (a PROXY protocol
+        #: header from a load balancer replaces both with the real ones).
         self.peername: tuple[str, int] = ("?", 0)
+        self.sockname: tuple[str, int] = ("?", 0)
         self.handshake: ServerHandshake | None = ServerHandshake(server.policy)
         self.on_data: Callable[[memoryview], None] = self._handshake_data
         self.timer: asyncio.TimerHandle | None = None
@@ -106,6 +110,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peername = (peer[0], peer[1])
+        local = transport.get_extra_info("sockname")
+        if local:
+            self.sockname = (local[0], local[1])
         self.stats.connections_active += 1
         self.stats.connections_total += 1
         self.server.sessions.add(self)
