@@ -25,7 +25,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mtproxy.cli import run, secrets
+    from mtproxy.cli import links, run, secrets
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run.register(sub)
     secrets.register(sub)
+    links.register(sub)
     return parser
 
 

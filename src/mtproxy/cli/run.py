@@ -156,7 +156,13 @@ def format_links(settings: Settings, host: str, port: int) -> str:
     return "\n".join(lines)
 
 
-async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    ready: Callable[[ProxyServer], None] | None = None,
+    links: bool = True,
+) -> int:
+    """Run until SIGINT/SIGTERM; ``links=False`` when the caller has printed them already."""
     try:
         socks = bind_listeners(settings)
     except ListenError as exc:
@@ -171,8 +177,9 @@ async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | No
         modes,
         "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
     )
-    host = await link_host(settings)
-    print(format_links(settings, host, addresses[0][1]), flush=True)
+    if links:
+        host = await link_host(settings)
+        print(format_links(settings, host, addresses[0][1]), flush=True)
     if ready is not None:
         ready(server)
     stop = asyncio.Event()
