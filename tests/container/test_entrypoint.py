@@ -202,6 +202,19 @@ def test_generates_persists_and_reuses_secrets(tmp_path: Path, web: FakeWeb) -> 
     assert (tmp_path / "secret").read_text().strip().split(",") == stored
 
 
+def test_stored_secrets_work_from_a_read_only_volume(tmp_path: Path, web: FakeWeb) -> None:
+    """A volume left by the official image: its secret is readable, not writable."""
+    (tmp_path / "secret").write_text(KEY.upper() + "\n")
+    os.chmod(tmp_path / "secret", 0o444)
+    before = (tmp_path / "secret").stat()
+    result = entrypoint(tmp_path, environment(web))
+    assert result.returncode == 0, result.stdout
+    assert f"[*]   Secret 1: {KEY}" in result.stdout
+    assert "[!]" not in result.stdout
+    after = (tmp_path / "secret").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 def test_one_secret_by_default(tmp_path: Path, web: FakeWeb) -> None:
     result = entrypoint(tmp_path, environment(web))
     assert result.returncode == 0, result.stdout
@@ -688,6 +701,19 @@ def test_run_mode_options_win_and_variables_fill_in(tmp_path: Path, web: FakeWeb
     assert f"[*]   tg:// link for secret 1 auto configuration (dd, padded): " \
         f"tg://proxy?server=198.51.100.9&port=7443&secret=dd{KEY}" in out
     assert (tmp_path / "secret").read_text() == KEY + "\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "code"),
+    [(f'secrets = ["{KEY[:-1]}"]\n', 1), (f'secrets = ["{KEY}"]\nbacklog = "x"\n', 2),
+     ("listen = [\n", 2)],
+)
+def test_run_mode_bad_config_file(tmp_path: Path, web: FakeWeb, config: str, code: int) -> None:
+    path = tmp_path / "mtproxy.toml"
+    path.write_text(config)
+    result = entrypoint(tmp_path / "data", environment(web), "run", "--config", str(path))
+    assert result.returncode == code, result.stdout
+    assert str(path) in fatal(result)
 
 
 def test_run_mode_takes_secrets_from_the_config_file(tmp_path: Path, web: FakeWeb) -> None:

@@ -119,9 +119,10 @@ def official_parser() -> argparse.ArgumentParser:
         prog="mtproxy entrypoint",
         description="Start the proxy the way the official telegrammessenger/proxy container "
         "does: environment variables SECRET, SECRET_COUNT, TAG, WORKERS, DEBUG, PORT, "
-        "STATS_PORT, EXTERNAL_IP, INTERNAL_IP (see docs), plus the official server's flags. "
-        "A variable wins over the flag for the same setting, because the image's CMD "
-        "supplies the flags as defaults.",
+        "STATS_PORT, EXTERNAL_IP, INTERNAL_IP... (docs/entrypoint.md), plus the official "
+        "server's flags. A variable wins over the flag for the same setting, because the "
+        "image's CMD supplies the flags as defaults. 'mtproxy entrypoint run [OPTIONS]' "
+        "takes mtproxy run's options instead; 'mtproxy entrypoint links' prints the links.",
     )
     p.add_argument("-H", "--http-ports", metavar="PORTS",
                    help="comma-separated client ports (default 443)")
@@ -389,10 +390,11 @@ class Startup:
             if stored is not None:
                 keys = [k.hex() for k in stored]
                 _say(f"[+] Using the secrets stored in {path}: '{','.join(keys)}'.")
-            else:
-                count = self._secret_count()
-                _say(f"[+] No secret given: generating {count} random one{'s' * (count > 1)}.")
-                keys = [generate_secret().hex() for _ in range(count)]
+                self.options["secrets"] = keys
+                return keys  # already saved; the volume may even be read-only
+            count = self._secret_count()
+            _say(f"[+] No secret given: generating {count} random one{'s' * (count > 1)}.")
+            keys = [generate_secret().hex() for _ in range(count)]
             self.options["secrets"] = keys
         try:
             write_secrets(data_dir, [bytes.fromhex(k) for k in keys])
@@ -406,7 +408,8 @@ class Startup:
         try:
             settings = load_settings(cli, self.req.config_path)
         except ConfigError as exc:
-            raise Fatal(EXIT_BAD_SECRET, str(exc)) from None
+            code = EXIT_BAD_SECRET if "secret" in exc.where else EXIT_CONFIG
+            raise Fatal(code, f"Bad setting: {exc}") from None
         keys: list[str] = []
         for secret in settings.secrets:
             if secret.key.hex() not in keys:
