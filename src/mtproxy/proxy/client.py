@@ -346,32 +346,30 @@ class ClientConnection(asyncio.BufferedProtocol):
         if user is not None:
             user.bytes_to_client += n
         buffers = self.buffers
-        if self.records is None:
-            if cipher is None:
-                if isinstance(data, memoryview):
-                    buffers.write_in(transport, data)
-                else:
-                    transport.write(data)
-                return
-            start = 0
-            while start < n:
-                out = buffers.outview
-                m = min(len(out), n - start)
-                chunk = out[:m]
-                cipher.update_into(data[start : start + m], chunk)
-                buffers.write_out(transport, chunk)
-                start += m
+        if isinstance(data, memoryview) and not data.readonly:
+            # A slice of the shared receive buffer: encrypt in place and write it out,
+            # as TLS records cut out of it (uvloop sends the pieces with one writev).
+            if cipher is not None:
+                cipher.update_into(data, data)
+            if self.records is None:
+                buffers.write_in(transport, data)
+            else:
+                buffers.writelines_in(transport, _record_pieces(data, n))
             return
+        # Immutable bytes (middle-end answers): encrypt into the shared send buffer.
         out = buffers.outview
         pos = start = 0
+        header = 0 if self.records is None else faketls.RECORD_HEADER_LEN
+        step = _MAX_RECORD if header else len(out)
         while start < n:
-            m = min(_MAX_RECORD, n - start)
-            if pos + 5 + m > len(out):
+            m = min(step, n - start)
+            if pos + header + m > len(out):
                 buffers.write_out(transport, out[:pos])
                 out = buffers.outview
                 pos = 0
-            _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
-            pos += 5
+            if header:
+                _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
+                pos += header
             if cipher is not None:
                 cipher.update_into(data[start : start + m], out[pos : pos + m])
             else:
@@ -393,3 +391,19 @@ class ClientConnection(asyncio.BufferedProtocol):
 
 def _discard(view: memoryview) -> None:
     return None
+
+
+_FULL_RECORD_HEADER = faketls.record_header(_MAX_RECORD)
+
+
+def _record_pieces(data: memoryview, n: int) -> list[bytes | memoryview]:
+    """Record headers interleaved with slices of ``data``, for ``writelines``."""
+    if n <= _MAX_RECORD:
+        return [faketls.record_header(n), data]
+    pieces: list[bytes | memoryview] = []
+    for start in range(0, n, _MAX_RECORD):
+        chunk = data[start : start + _MAX_RECORD]
+        size = len(chunk)
+        pieces.append(_FULL_RECORD_HEADER if size == _MAX_RECORD else faketls.record_header(size))
+        pieces.append(chunk)
+    return pieces
