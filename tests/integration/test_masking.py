@@ -176,3 +176,24 @@ async def test_without_a_mask_host_bad_clients_get_silence(secret: bytes) -> Non
         writer.write_eof()
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+
+
+async def test_a_mask_host_pointing_back_at_the_proxy_does_not_loop(secret: bytes) -> None:
+    """A TLS domain resolving to the proxy itself must not make probes bounce forever."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with running_proxy(
+        [secret], {}, listen=f"127.0.0.1:{port}", mask=f"127.0.0.1:{port}"
+    ) as proxy:
+        reader, writer = await asyncio.open_connection(*address(proxy))
+        writer.write(classic_header(new_secret()))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await asyncio.sleep(0.2)
+        assert proxy.stats.masked == 1
+        assert proxy.stats.connections_total == 2
+        assert not proxy.sessions and not proxy.mask_sources

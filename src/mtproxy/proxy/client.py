@@ -235,6 +235,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.close()
             return
         raw = bytes(handshake.raw) if handshake is not None else b""
+        if self.peername in self.server.mask_sources:
+            log.warning(
+                "the mask host %s leads back to this proxy; set --mask to another host",
+                mask,
+            )
+            self.close(abort=True)
+            return
         if mask is None:
             # Like the official server's skip mode: read and discard until the client
             # gives up; a closed socket would tell a prober more.
