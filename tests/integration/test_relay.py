@@ -269,3 +269,31 @@ async def test_dc_ids_are_routed(client_dc: int, expected_fake: int) -> None:
     finally:
         for fake in fakes.values():
             await fake.stop()
+
+
+async def test_byte_counters_match_the_traffic(loop_impl: str) -> None:
+    secret = new_secret()
+    sent = received = 0
+    async with FakeDC(packet_echo_handler) as dc, running_proxy(
+        [secret], {2: (dc.host, dc.port)}
+    ) as proxy:
+        for tls in (False, True):
+            if tls:
+                stream = await connect(True, *address(proxy), secret)
+            else:
+                host, port = address(proxy)
+                stream = await open_obfs2(
+                    host, port, secret, TAG_INTERMEDIATE, 2, coalesce_header=True
+                )
+            async with stream:
+                for size in (4, 400, 40000):
+                    stream.send_packet(b"\x00" * size)
+                    await stream.drain()
+                    assert len(await stream.recv_packet()) == size
+                sent += stream.bytes_out
+                received += stream.bytes_in
+        assert sent > 2 * 40400
+        assert proxy.stats.bytes_from_clients == sent
+        assert proxy.stats.bytes_to_clients == received
+        assert proxy.stats.users[0].bytes_from_client == sent
+        assert proxy.stats.users[0].bytes_to_client == received

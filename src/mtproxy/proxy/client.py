@@ -32,6 +32,8 @@ _RECORD = struct.Struct(">BHH")
 _APPDATA = faketls.TYPE_APPDATA
 _TLS12 = 0x0303
 _MAX_RECORD = faketls.MAX_RECORD_OUT
+#: Client bytes held while the upstream connection is being opened.
+EARLY_LIMIT = 256 * 1024
 
 
 class Upstream(Protocol):
@@ -48,6 +50,7 @@ class Upstream(Protocol):
 
 class ClientConnection(asyncio.BufferedProtocol):
     __slots__ = (
+        "_sockname",
         "accepted",
         "active",
         "buffers",
@@ -65,7 +68,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         "reading_paused",
         "records",
         "server",
-        "sockname",
         "stats",
         "timer",
         "transport",
@@ -82,7 +84,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         #: The client's address and the local address it reached (a PROXY protocol
         #: header from a load balancer replaces both with the real ones).
         self.peername: tuple[str, int] = ("?", 0)
-        self.sockname: tuple[str, int] = ("?", 0)
+        self._sockname: tuple[str, int] | None = None
         self.handshake: ServerHandshake | None = ServerHandshake(server.policy)
         self.on_data: Callable[[memoryview], None] = self._handshake_data
         self.timer: asyncio.TimerHandle | None = None
@@ -110,15 +112,24 @@ class ClientConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peername = (peer[0], peer[1])
-        local = transport.get_extra_info("sockname")
-        if local:
-            self.sockname = (local[0], local[1])
         self.stats.connections_active += 1
         self.stats.connections_total += 1
         self.server.sessions.add(self)
         self.timer = self.server.loop.call_later(
             self.server.settings.handshake_timeout, self._handshake_timeout
         )
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        """The local address the client reached (looked up only when someone asks)."""
+        if self._sockname is None:
+            local = self.transport.get_extra_info("sockname") if self.transport else None
+            self._sockname = (local[0], local[1]) if local else ("?", 0)
+        return self._sockname
+
+    @sockname.setter
+    def sockname(self, value: tuple[str, int]) -> None:
+        self._sockname = value
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffers.inview
@@ -219,8 +230,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.user = user
         user.connections_active += 1
         user.connections_total += 1
+        self.stats.bytes_from_clients += len(self.early)
+        user.bytes_from_client += len(self.early)
         self.on_data = self._relay_data
-        self.pause_reading()
         self.connect_task = server.open_upstream(self, accepted)
 
     def _reject(self, event: Rejected) -> None:
@@ -266,7 +278,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
-            self._count_in(len(early))
             peer.send(early)
         if self.eof:
             peer.write_eof()
@@ -294,11 +305,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self.transport.abort()
 
-    def _count_in(self, n: int) -> None:
-        self.stats.bytes_from_clients += n
-        if self.user is not None:
-            self.user.bytes_from_client += n
-
     def _relay_data(self, view: memoryview) -> None:
         records = self.records
         if records is not None:
@@ -321,7 +327,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if upstream is not None:
             upstream.send(view)
         else:
+            # Still connecting upstream: hold a little, then stop reading.
             self.early += bytes(view)
+            if len(self.early) >= EARLY_LIMIT:
+                self.pause_reading()
 
     def _mask_data(self, view: memoryview) -> None:
         if self.upstream is not None:

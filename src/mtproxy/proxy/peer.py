@@ -62,7 +62,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.keepalive:
-            set_keepalive(sock, self.keepalive)
+            set_keepalive(sock, self.keepalive, probes=False)
         if self.first:
             self.transport.write(self.first)
         self.first = b""
