@@ -47,7 +47,9 @@ RUN python3 -m venv --without-pip --system-site-packages venv \
 ARG MTPROXY_STDLIB=zip-mixed
 COPY docker/make-rootfs.py ./
 RUN python3 make-rootfs.py --out /rootfs --probe-package mtproxy \
-        --site venv/lib/python3.11/site-packages --stdlib "${MTPROXY_STDLIB}"
+        --site venv/lib/python3.11/site-packages \
+        --system-package cryptography --system-package _cffi_backend \
+        --verify "-m mtproxy --version" --stdlib "${MTPROXY_STDLIB}"
 
 FROM scratch
 
@@ -57,9 +59,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
 
+ARG MTPROXY_EXTRAS=""
 LABEL org.opencontainers.image.title="mtproxy" \
       org.opencontainers.image.description="Telegram MTProto proxy; drop-in for telegrammessenger/proxy" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      io.github.mtproxy.extras="${MTPROXY_EXTRAS}"
 
 # Not root: uid 10001 ("mtproxy" in /etc/passwd). The interpreter carries
 # cap_net_bind_service, so it can bind 443 even with --network host.

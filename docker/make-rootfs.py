@@ -11,13 +11,16 @@ stores the standard library, so each choice below carries its reason.
 
 from __future__ import annotations
 
+import _imp
 import argparse
+import ast
 import io
 import json
 import marshal
 import os
 import py_compile
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +38,9 @@ STDLIB_ZIP = Path(f"/usr/lib/python{PYVER.replace('.', '')}.zip")
 # Debian's site.py puts this directory on sys.path; the image installs everything there.
 SITE = Path("/usr/lib/python3/dist-packages")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# OpenSSL 3 providers that libcrypto dlopen()s by name: cryptography 38 loads "legacy" when
+# its backend starts and refuses to work without it.
+OSSL_MODULES = (Path("/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so"),)
 # Debian ships this module under two names (one a symlink); sysconfig imports this one.
 SYSCONFIGDATA = sysconfig._get_sysconfigdata_name()  # type: ignore[attr-defined]
 
@@ -42,7 +48,10 @@ SYSCONFIGDATA = sysconfig._get_sysconfigdata_name()  # type: ignore[attr-defined
 # and terminal UIs, developer tools, databases, mail and other protocols' clients, legacy
 # and media formats, packaging tools, ctypes, decimal and zoneinfo (their extensions are
 # dropped too; the image has no time zone data).
-# Everything else stays, and costs little because it is stored as compressed source.
+# Also submodules nothing here uses (cookie jars, asyncio's Windows event loop) and the
+# sources of modules frozen into the interpreter (see FROZEN). Everything else stays, and
+# costs little because it is stored as compressed source. Whatever the proxy imports at
+# module level is kept regardless (see stdlib_files).
 STDLIB_DROP = frozenset(
     {
         "__phello__", "_aix_support", "_osx_support", "_pydecimal", "_pyio", "aifc",
@@ -56,7 +65,10 @@ STDLIB_DROP = frozenset(
         "sndhdr", "sqlite3", "sunau", "tabnanny", "telnetlib", "test", "timeit", "tkinter",
         "trace", "tty", "turtle", "turtledemo", "unittest", "uu", "venv", "wave", "webbrowser",
         "xdrlib", "xml", "xmlrpc", "zipapp", "zoneinfo", "lib-dynload", "site-packages",
-        "dist-packages",
+        "dist-packages", "tarfile", "optparse", "statistics", "fractions", "graphlib",
+        "symtable", "http/cookiejar", "http/cookies", "asyncio/windows_events",
+        "asyncio/windows_utils", "asyncio/proactor_events", "importlib/_bootstrap",
+        "importlib/_bootstrap_external",
     }
 )
 # Codecs kept: the UTF family, ASCII/Latin-1, IDNA and punycode for host names, the escape
@@ -79,15 +91,12 @@ DYNLOAD_KEEP = frozenset(
         "_queue", "_ssl", "_typing", "mmap", "resource", "termios",
     }
 )
-# Imported at build time, with every module of the proxy's own package, to learn which
-# modules a start loads: those are stored precompiled, everything else as source. These are
-# what any start of the proxy loads (asyncio server, TLS for the config download, AES);
-# missing top-level packages (uvloop in a build without the `fast` extra) are skipped.
-PROBE_MODULES = (
-    "argparse", "asyncio", "encodings.idna", "hashlib", "hmac", "ipaddress", "json",
-    "logging", "secrets", "signal", "socket", "ssl", "urllib.request",
-    "cryptography.hazmat.primitives.ciphers", "uvloop",
-)
+# Imported at build time, with every module of the proxy's own package (--probe-package),
+# to learn which modules a start loads: those are stored precompiled, everything else as
+# source. The proxy's package brings in what it uses; these are loaded lazily by it (uvloop
+# when installed, the IDNA codec for host names) and would otherwise be missed. Missing
+# top-level packages (uvloop in an image without the `fast` extra) are skipped.
+PROBE_MODULES = ("encodings.idna", "uvloop")
 # Files in site-packages that only serve compilers, type checkers and test runners.
 SITE_DROP_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".c", ".h", ".typed", ".pth")
 SITE_DROP_DIRS = frozenset({"__pycache__", "tests", "bin"})
@@ -106,6 +115,15 @@ for name in modules:
     except ModuleNotFoundError as exc:
         if exc.name != name.split(".")[0]:
             raise
+# What every client connection does: AES-CTR. cryptography loads its OpenSSL backend (and
+# with it _cffi_backend) only on first use.
+try:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+except ModuleNotFoundError as exc:
+    if exc.name != "cryptography":
+        raise
+else:
+    Cipher(algorithms.AES(bytes(32)), modes.CTR(bytes(16))).encryptor().update(bytes(16))
 for name in packages:
     for root in importlib.import_module(name).__path__:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -199,36 +217,68 @@ def probe(sites: list[Path], packages: list[str]) -> set[Path]:
     return {Path(f) for f in json.loads(out.stdout)}
 
 
-def pyc_bytes(source: Path, display_name: str, optimize: int) -> bytes:
-    """A sourceless .pyc: without a source beside it only the magic number is checked."""
-    code = compile(source.read_bytes(), display_name, "exec", dont_inherit=True,
-                   optimize=optimize)
+class _DropDocstrings(ast.NodeTransformer):
+    """Removes docstrings, as -OO does, but keeps asserts (which -O and -OO remove)."""
+
+    def _strip(self, node: ast.AST) -> ast.AST:
+        self.generic_visit(node)
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            body[0] = ast.copy_location(ast.Pass(), body[0])
+        return node
+
+    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _strip
+
+
+def pyc_bytes(source: Path, display_name: str) -> bytes:
+    """A sourceless .pyc without docstrings (only its magic number is checked on import).
+
+    Docstrings are a fifth of the stdlib's bytecode and nothing at run time reads them.
+    """
+    tree = _DropDocstrings().visit(ast.parse(source.read_bytes(), display_name))
+    code = compile(tree, display_name, "exec", dont_inherit=True)
     return MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
 
 
-def stdlib_files() -> Iterator[tuple[Path, PurePosixPath]]:
-    """(source, path relative to the stdlib) for every kept .py file of the stdlib."""
-    for top in sorted(STDLIB.iterdir()):
-        if top.name.removesuffix(".py") in STDLIB_DROP or top.name.startswith("config-"):
-            continue
-        if top.name.startswith("_sysconfigdata_") and top.stem != SYSCONFIGDATA:
-            continue
-        if top.is_file():
-            if top.suffix == ".py":
-                yield top, PurePosixPath(top.name)
-            continue
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "test", "tests"))
-            for filename in sorted(filenames):
-                if not filename.endswith(".py"):
-                    continue
-                if top.name == "encodings" and filename[:-3] not in ENCODINGS_KEEP:
-                    continue
-                source = Path(dirpath) / filename
-                yield source, PurePosixPath(source.relative_to(STDLIB))
+def is_frozen(rel: PurePosixPath) -> bool:
+    """Whether the interpreter runs its built-in frozen copy of this module (os, site...)."""
+    parts = list(rel.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return bool(parts) and _imp.is_frozen(".".join(parts))
 
 
-def build_stdlib(fs: RootFS, layout: str, hot: set[Path], optimize: int) -> tuple[int, int]:
+def stdlib_files(hot: set[Path]) -> Iterator[tuple[Path, PurePosixPath]]:
+    """(source, path relative to the stdlib) for every kept .py file of the stdlib.
+
+    A module the probe loaded is kept even when a drop list names it: what the proxy
+    imports at module level can never go missing from the image.
+    """
+    rescued = []
+    for source in sorted(STDLIB.rglob("*.py")):
+        rel = PurePosixPath(source.relative_to(STDLIB))
+        top = rel.parts[0].removesuffix(".py")
+        if is_frozen(rel):
+            continue
+        dropped = (
+            top in STDLIB_DROP or str(rel.with_suffix("")) in STDLIB_DROP
+            or top.startswith("config-")
+            or any(part in ("__pycache__", "test", "tests") for part in rel.parts[:-1])
+            or (top.startswith("_sysconfigdata_") and top != SYSCONFIGDATA)
+            or (top == "encodings" and rel.stem not in ENCODINGS_KEEP)
+        )
+        if dropped and source not in hot:
+            continue
+        if dropped:
+            rescued.append(str(rel))
+        yield source, rel
+    if rescued:
+        log(f"kept because the proxy imports them: {', '.join(rescued)}")
+
+
+def build_stdlib(fs: RootFS, layout: str, hot: set[Path]) -> tuple[int, int]:
     """Store the kept stdlib in pythonXY.zip, which is on the default sys.path.
 
     zip-mixed: modules a start loads (HOT) as sourceless .pyc, the rest as source. Source
@@ -241,10 +291,10 @@ def build_stdlib(fs: RootFS, layout: str, hot: set[Path], optimize: int) -> tupl
     counts = [0, 0]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for source, rel in stdlib_files():
+        for source, rel in stdlib_files(hot):
             compiled = layout == "zip-pyc" or (layout == "zip-mixed" and source in hot)
             if compiled:
-                name, data = rel.with_suffix(".pyc"), pyc_bytes(source, str(source), optimize)
+                name, data = rel.with_suffix(".pyc"), pyc_bytes(source, str(source))
             else:
                 name, data = rel, source.read_bytes()
             counts[0 if compiled else 1] += 1
@@ -257,6 +307,9 @@ def build_stdlib(fs: RootFS, layout: str, hot: set[Path], optimize: int) -> tupl
 
 
 def build_dynload(fs: RootFS) -> list[Path]:
+    """Only the listed extensions: the probe also loads optional ones that the stdlib
+    imports inside try/except (shutil's _bz2 and _lzma, with their libraries), and a
+    missing one the proxy does need fails the build in verify()."""
     kept = []
     for ext in sorted(DYNLOAD.glob("*.so")):
         if ext.name.split(".")[0] in DYNLOAD_KEEP:
@@ -271,13 +324,15 @@ def top_level_name(entry: str) -> str:
 
 
 def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
-               hot: set[Path]) -> list[Path]:
+               hot: set[Path], own: frozenset[str]) -> list[Path]:
     """Copy installed packages into SITE without build-only files.
 
     SOURCES pairs a site-packages directory with the top-level names to take from it (None:
-    all). Sources stay, so tracebacks show their lines; modules a start loads also get an
-    unchecked-hash .pyc (file times do not matter then), compiled without optimisation so
-    the code runs exactly as in the test suite. Returns the extension modules copied.
+    all). The proxy's own packages (OWN) keep their sources, so tracebacks show lines, plus
+    an unchecked-hash .pyc (file times do not matter) for each module a start loads,
+    compiled as the test suite runs it. Dependencies are stored like the stdlib: what a start
+    loads as sourceless bytecode without docstrings, the rest as source. Returns the
+    extension modules copied.
     """
     dest_root = fs.target(SITE)
     extensions = []
@@ -299,6 +354,10 @@ def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
                     source = Path(dirpath) / filename
                     dest = dest_root / rel_dir / filename
                     dest.parent.mkdir(parents=True, exist_ok=True)
+                    if filename.endswith(".py") and source in hot and name not in own:
+                        display = str(SITE / rel_dir / filename)
+                        dest.with_suffix(".pyc").write_bytes(pyc_bytes(source, display))
+                        continue
                     shutil.copy2(source, dest)
                     if filename.endswith(".so"):
                         extensions.append(dest)
@@ -308,6 +367,21 @@ def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
                             invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
                         )
     return extensions
+
+
+def verify(fs: RootFS, packages: list[str], commands: list[str]) -> None:
+    """Run the probe, and COMMANDS, with the image's own tree (chroot): every module and
+    library they need must be there, or the build fails here rather than the container at
+    its first start."""
+    arg = json.dumps([[], list(PROBE_MODULES), packages])
+    runs = [["-I", "-c", PROBE_CODE, arg], *(shlex.split(c) for c in commands)]
+    for argv in runs:
+        out = subprocess.run(["chroot", str(fs.out), str(PYTHON), *argv],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"the assembled image fails to run python {argv[:3]}:\n"
+                               f"{out.stderr}")
+    log(f"verified in the image: the probe and {len(commands)} command(s) run")
 
 
 def build_etc(fs: RootFS, uid: int) -> None:
@@ -357,11 +431,12 @@ def main() -> int:
                              "that the probe imports from there are taken anyway")
     parser.add_argument("--probe-package", action="append", default=[],
                         help="a package whose every module a start may import")
+    parser.add_argument("--verify", action="append", default=[],
+                        help="interpreter arguments that must run in the image, e.g. "
+                             "'-m mtproxy --version' (repeatable)")
     parser.add_argument("--uid", type=int, default=10001)
     parser.add_argument("--stdlib", choices=("zip-mixed", "zip-py", "zip-pyc"),
                         default="zip-mixed")
-    parser.add_argument("--stdlib-optimize", type=int, choices=(0, 1, 2), default=2,
-                        help="bytecode optimisation for the stdlib (2 drops docstrings)")
     parser.add_argument("--no-setcap", action="store_true",
                         help="leave the interpreter without cap_net_bind_service")
     args = parser.parse_args()
@@ -375,7 +450,7 @@ def main() -> int:
     hot = probe(args.site, args.probe_package)
     fs.replicate(PYTHON)
     write_commands(fs)
-    compiled, plain = build_stdlib(fs, args.stdlib, hot, args.stdlib_optimize)
+    compiled, plain = build_stdlib(fs, args.stdlib, hot)
     dynload = build_dynload(fs)
     sources: list[tuple[Path, frozenset[str] | None]] = [(site, None) for site in args.site]
     # Dependencies that Debian provides (cryptography, linked against the libcrypto that
@@ -383,13 +458,15 @@ def main() -> int:
     system = set(args.system_package)
     system.update(top_level_name(p.relative_to(SITE).parts[0]) for p in hot
                   if p.is_relative_to(SITE))
+    system -= SITE_DROP_PACKAGES
     if system:
         log(f"from Debian's dist-packages: {', '.join(sorted(system))}")
         sources.append((SITE, frozenset(system)))
-    extensions = build_site(fs, sources, hot)
+    extensions = build_site(fs, sources, hot, frozenset(args.probe_package))
+    providers = [fs.replicate(p) for p in OSSL_MODULES if p.exists()]
     # Wheels ship their extensions with symbols (uvloop: 13.6 MB, 1.6 MB stripped).
     subprocess.run(["strip", "--strip-unneeded", *map(str, extensions)], check=True)
-    libs = needed_libraries([PYTHON, *dynload, *extensions])
+    libs = needed_libraries([PYTHON, *dynload, *extensions, *providers])
     for lib in sorted(libs):
         fs.replicate(lib)
     build_etc(fs, args.uid)
@@ -398,6 +475,7 @@ def main() -> int:
         # not apply (--network host); a file capability survives COPY into the final stage.
         subprocess.run(["setcap", "cap_net_bind_service=+ep", str(fs.target(PYTHON))],
                        check=True)
+    verify(fs, args.probe_package, args.verify)
     total = sum(p.lstat().st_size for p in args.out.rglob("*") if not p.is_dir())
     log(f"{total / 1e6:.1f} MB in {args.out}; stdlib: {compiled} modules as bytecode, "
         f"{plain} as source; libraries: {', '.join(sorted(p.name for p in libs))}")

@@ -4,11 +4,13 @@
 # It installs Debian's docker.io (and debootstrap, for scripts/base-image.sh) when missing and
 # runs dockerd with its own data root, exec root, socket and pidfile, without touching
 # iptables, IP forwarding or a bridge, so it cannot disturb any other engine or the host's
-# network. Containers it runs use `--network host` or `--network none`.
+# network. Containers it runs use `--network host` or `--network none`. MTPROXY_DOCKER_SOCK
+# may name another engine's socket (e.g. /var/run/docker.sock): one that already answers is
+# used as it is and never stopped.
 #
 #   scripts/docker-engine.sh start    start it (no-op when already up), wait until it answers
 #   scripts/docker-engine.sh stop     stop the daemon this script started (by its pidfile PID)
-#   scripts/docker-engine.sh status   exit 0 when it answers
+#   scripts/docker-engine.sh status   exit 0 when the daemon this script started answers
 #   scripts/docker-engine.sh env      print `export DOCKER_HOST=...` for `eval`
 set -euo pipefail
 
@@ -49,8 +51,12 @@ answers() { "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
 start() {
     install_missing
-    if our_pid >/dev/null && answers; then
-        log "already running (pid $(our_pid)), DOCKER_HOST=$DOCKER_HOST"
+    if answers; then
+        if our_pid >/dev/null; then
+            log "already running (pid $(our_pid)), DOCKER_HOST=$DOCKER_HOST"
+        else
+            log "an engine not started here already answers on $SOCK; using it as it is"
+        fi
         return 0
     fi
     mkdir -p "$STATE_DIR/data" "$RUN_DIR"
