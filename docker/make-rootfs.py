@@ -40,7 +40,7 @@ SITE = Path("/usr/lib/python3/dist-packages")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # OpenSSL 3 providers that libcrypto dlopen()s by name: cryptography 38 loads "legacy" when
 # its backend starts and refuses to work without it.
-OSSL_MODULES = (Path("/usr/lib/x86_64-linux-gnu/ossl-modules/legacy.so"),)
+OSSL_MODULES = tuple(Path("/usr/lib").glob("*/ossl-modules/legacy.so"))
 # Debian ships this module under two names (one a symlink); sysconfig imports this one.
 SYSCONFIGDATA = sysconfig._get_sysconfigdata_name()  # type: ignore[attr-defined]
 
@@ -463,7 +463,7 @@ def main() -> int:
         log(f"from Debian's dist-packages: {', '.join(sorted(system))}")
         sources.append((SITE, frozenset(system)))
     extensions = build_site(fs, sources, hot, frozenset(args.probe_package))
-    providers = [fs.replicate(p) for p in OSSL_MODULES if p.exists()]
+    providers = [fs.replicate(p) for p in OSSL_MODULES]
     # Wheels ship their extensions with symbols (uvloop: 13.6 MB, 1.6 MB stripped).
     subprocess.run(["strip", "--strip-unneeded", *map(str, extensions)], check=True)
     libs = needed_libraries([PYTHON, *dynload, *extensions, *providers])

@@ -60,6 +60,11 @@ start() {
         return 0
     fi
     mkdir -p "$STATE_DIR/data" "$RUN_DIR"
+    # Left behind by a daemon that was killed (our_pid found no live dockerd behind it).
+    if [ -e "$PIDFILE" ]; then
+        log "removing stale $PIDFILE"
+        rm -f "$PIDFILE"
+    fi
     local dockerd
     dockerd=$(command -v dockerd || echo /usr/sbin/dockerd)
     log "starting $dockerd (data root $STATE_DIR/data, socket $SOCK)"
