@@ -134,9 +134,11 @@ for name in packages:
             for filename in filenames:
                 stem, ext = os.path.splitext(filename)
                 if ext == ".py" and stem != "__main__":
-                    importlib.import_module(".".join(parts if stem == "__init__" else [*parts, stem]))
+                    module = parts if stem == "__init__" else [*parts, stem]
+                    importlib.import_module(".".join(module))
 # Frozen modules (os, site, codecs...) report "frozen": their copy in the binary is used.
-origins = [getattr(getattr(m, "__spec__", None), "origin", None) for m in list(sys.modules.values())]
+specs = [getattr(m, "__spec__", None) for m in list(sys.modules.values())]
+origins = [getattr(spec, "origin", None) for spec in specs]
 print(json.dumps(sorted(o for o in origins if o and o.startswith("/"))))
 """
 
@@ -393,7 +395,8 @@ def build_etc(fs: RootFS, uid: int) -> None:
     fs.write(PurePosixPath("/etc/group"),
              f"root:x:0:\nmtproxy:x:{uid}:\nnogroup:x:65534:\n".encode())
     # glibc assumes this without the file; written out so nobody has to know that.
-    fs.write(PurePosixPath("/etc/nsswitch.conf"), b"passwd: files\ngroup: files\nhosts: files dns\n")
+    fs.write(PurePosixPath("/etc/nsswitch.conf"),
+             b"passwd: files\ngroup: files\nhosts: files dns\n")
     # Python's ssl finds the CA bundle through OpenSSL's default paths
     # (/usr/lib/ssl/cert.pem and certs/ are links into /etc/ssl).
     fs.replicate(CA_BUNDLE)

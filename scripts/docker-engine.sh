@@ -115,6 +115,19 @@ stop() {
         waited=$((waited + 1))
     done
     rm -f "$PIDFILE"
+    unmount_leftovers
+}
+
+unmount_leftovers() {
+    # dockerd leaves its data root bind-mounted on itself and the default network namespace
+    # mounted under its exec root; they would keep both directories busy. Only mounts under
+    # this engine's own directories are touched, the deepest first.
+    local mnt
+    awk '{print $5}' /proc/self/mountinfo | { grep -E "^($STATE_DIR|$RUN_DIR)(/|$)" || true; } |
+        sort -r | while read -r mnt; do
+            umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null ||
+                log "could not unmount $mnt"
+        done
 }
 
 status() {

@@ -44,7 +44,7 @@ def gzipped_size(stream: IO[bytes]) -> tuple[int, int]:
     """(uncompressed, gzip-compressed) size of STREAM."""
     counter = _Counter()
     raw = 0
-    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as gz:  # type: ignore[arg-type]
+    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as gz:
         while chunk := stream.read(CHUNK):
             raw += len(chunk)
             gz.write(chunk)

@@ -50,5 +50,6 @@ done
     --only-binary=:all: --implementation cp --python-version "$PY_VERSION" "${platforms[@]}" \
     --dest "$DEST" -r "$tmp/requirements.txt"
 
-log "$(ls "$DEST"/*.whl | wc -l) wheels in $DEST:"
-ls -1 "$DEST"/*.whl | sed 's|.*/|  |' >&2
+wheels=("$DEST"/*.whl)
+log "${#wheels[@]} wheels in $DEST:"
+printf '  %s\n' "${wheels[@]##*/}" >&2

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,7 +129,10 @@ def docker() -> Iterator[Docker]:
         assert started.returncode == 0, f"could not start the engine:\n{started.stderr}"
         started_here = True
     if client("image", "inspect", client.image, check=False).returncode != 0:
-        built = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], cwd=ROOT, env=env,
+        # This interpreter has pip, which scripts/wheels.sh needs; python3 may not.
+        build_env = {**env, "PYTHON": sys.executable}
+        built = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], cwd=ROOT,
+                               env=build_env,
                                capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         assert built.returncode == 0, f"building the image failed:\n{built.stderr[-4000:]}"
     try:
