@@ -49,7 +49,7 @@ SYSCONFIGDATA = sysconfig._get_sysconfigdata_name()  # type: ignore[attr-defined
 # and media formats, packaging tools, ctypes, decimal and zoneinfo (their extensions are
 # dropped too; the image has no time zone data).
 # Also submodules nothing here uses (cookie jars, asyncio's Windows event loop) and the
-# sources of modules frozen into the interpreter (see FROZEN). Everything else stays, and
+# sources of modules frozen into the interpreter (see is_frozen). Everything else stays, and
 # costs little because it is stored as compressed source. Whatever the proxy imports at
 # module level is kept regardless (see stdlib_files).
 STDLIB_DROP = frozenset(
@@ -104,7 +104,8 @@ SITE_DROP_DIRS = frozenset({"__pycache__", "tests", "bin"})
 # (which only generates bindings) nor its C parser.
 SITE_DROP_PACKAGES = frozenset({"cffi", "pycparser", "_distutils_hack"})
 
-# Only modules that a start loads anyway (importlib, json, os) serve the probe itself.
+# The probe itself needs only importlib, json and os: os and importlib are loaded by any
+# start, and json (small) is merely stored as bytecode when the proxy does not use it.
 PROBE_CODE = """
 import importlib, json, os, sys
 sites, modules, packages = json.loads(sys.argv[1])
@@ -468,7 +469,8 @@ def main() -> int:
     extensions = build_site(fs, sources, hot, frozenset(args.probe_package))
     providers = [fs.replicate(p) for p in OSSL_MODULES]
     # Wheels ship their extensions with symbols (uvloop: 13.6 MB, 1.6 MB stripped).
-    subprocess.run(["strip", "--strip-unneeded", *map(str, extensions)], check=True)
+    if extensions:
+        subprocess.run(["strip", "--strip-unneeded", *map(str, extensions)], check=True)
     libs = needed_libraries([PYTHON, *dynload, *extensions, *providers])
     for lib in sorted(libs):
         fs.replicate(lib)
