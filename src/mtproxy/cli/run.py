@@ -163,6 +163,11 @@ async def serve(
     links: bool = True,
 ) -> int:
     """Run until SIGINT/SIGTERM; ``links=False`` when the caller has printed them already."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     try:
         socks = bind_listeners(settings)
     except ListenError as exc:
@@ -182,11 +187,6 @@ async def serve(
         print(format_links(settings, host, addresses[0][1]), flush=True)
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
     await server.stop()
