@@ -58,9 +58,9 @@ def encode_packet(
     length = len(payload)
     if length == 0 or length > MAX_PACKET:
         raise FramingError(f"packet length {length} out of range")
+    if length % 4:
+        raise FramingError("packets must be a multiple of 4 bytes")
     if framing is Framing.ABRIDGED:
-        if length % 4:
-            raise FramingError("abridged packets must be a multiple of 4 bytes")
         words = length // 4
         if words < 0x7F:
             head = bytes([words | (QUICKACK_ABRIDGED if quickack else 0)])
