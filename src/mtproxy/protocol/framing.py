@@ -72,7 +72,8 @@ def encode_packet(
     if framing is Framing.INTERMEDIATE:
         flag = QUICKACK_INTERMEDIATE if quickack else 0
         return struct.pack("<I", length | flag) + payload
-    pad = random_bytes(1)[0] & 3
+    # A maximal packet gets no tail: the padding counts towards the reader's limit.
+    pad = min(random_bytes(1)[0] & 3, MAX_PACKET - length)
     flag = QUICKACK_INTERMEDIATE if quickack else 0
     return struct.pack("<I", (length + pad) | flag) + payload + random_bytes(pad)
 
