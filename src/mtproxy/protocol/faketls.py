@@ -96,6 +96,8 @@ class _Cursor:
 
 def hello_record_length(head: bytes) -> int:
     """Total length of the ClientHello record whose first 5 bytes are ``head``."""
+    if len(head) < RECORD_HEADER_LEN:
+        raise TlsError("a TLS record header is 5 bytes")
     if head[0] != TYPE_HANDSHAKE or head[1] != 3 or head[2] not in (1, 3):
         raise TlsError("not a TLS handshake record")
     length = int.from_bytes(head[3:5], "big")
