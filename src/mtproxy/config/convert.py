@@ -7,6 +7,7 @@ Each takes what TOML or argparse produced and returns the typed value, or raises
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,10 @@ def float_range(low: float, high: float | None = None) -> Converter:
             raise ValueError(f"{value!r} is not a number; write e.g. {low:g}")
         try:
             number = float(value) if isinstance(value, int | float) else float(as_str(value))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"{value!r} is not a number; write e.g. {low:g}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number; write e.g. {low:g}")
         if number < low or (high is not None and number > high):
             bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
             raise ValueError(f"{number:g} is out of range; use a value {bound}")
