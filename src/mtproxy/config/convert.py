@@ -152,7 +152,10 @@ def path(value: Any) -> Path:
     text = as_str(value).strip()
     if not text:
         raise ValueError("empty path; give a directory, e.g. /var/lib/mtproxy")
-    return Path(text).expanduser()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~user" for an unknown user
+        raise ValueError(f"{text!r}: cannot expand '~'; give an absolute path") from None
 
 
 def url(value: Any) -> str:
