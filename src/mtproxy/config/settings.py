@@ -228,8 +228,10 @@ def _derive(s: Settings) -> Settings:
         raise ConfigError("secrets", f"{len(s.secrets)} secrets given; at most 16 are supported")
     domains = list(s.tls_domains)
     for secret in s.secrets:
-        if secret.domain and secret.domain not in domains:
-            domains.append(secret.domain)
+        # The handshake compares the client's SNI lowercased.
+        name = secret.domain.lower() if secret.domain else None
+        if name and name not in domains:
+            domains.append(name)
     if Mode.TLS in s.modes and not domains:
         domains.append(DEFAULT_TLS_DOMAIN)
     mask = s.mask
