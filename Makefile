@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+# The container image: its tag, and the private Docker engine that `make image` starts
+# (scripts/docker-engine.sh; point MTPROXY_DOCKER_SOCK at another engine's socket to use it).
+IMAGE  ?= mtproxy:latest
+MTPROXY_DOCKER_SOCK ?= /run/mtproxy-docker.sock
+export MTPROXY_DOCKER_SOCK
+export DOCKER_HOST ?= unix://$(MTPROXY_DOCKER_SOCK)
+export IMAGE
 
-.PHONY: run test bench lint typecheck clean
+.PHONY: run test bench lint typecheck clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +33,18 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest $(ARGS)
 
 ## bench: the performance table (not a test; numbers vary with the machine)
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(ARGS)
+
+## image: the container image, built offline (private engine, debootstrap builder, local
+##        wheels); saved as dist/mtproxy-image.tar, prints its compressed and unpacked sizes.
+##        MTPROXY_EXTRAS=fast adds uvloop. Needs root on Debian (apt, debootstrap, dockerd).
+image: | $(BIN)/python
+	PYTHON=$(BIN)/python scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) dist build src/*.egg-info

@@ -311,33 +311,47 @@ class RecordReader:
         self._skip = False
 
     def unwrap(self, buf: memoryview, n: int) -> int:
-        """Compact the payload bytes of ``buf[:n]`` to its front; return their count."""
+        """Compact the payload bytes of ``buf[:n]`` to its front; return their count.
+
+        This runs once per read on the upload path of every fake-TLS client, so the
+        common case (whole record headers inside the buffer) avoids helper calls.
+        """
         i = out = 0
-        head = self._head
-        while i < n:
-            if self._remaining == 0:
-                take = min(RECORD_HEADER_LEN - len(head), n - i)
-                head += buf[i : i + take]
-                i += take
-                if len(head) < RECORD_HEADER_LEN:
-                    break
-                self._start_record(head)
-                head.clear()
-                continue
-            take = min(self._remaining, n - i)
-            if self._skip:
-                if buf[i : i + take] != b"\x01" * take:
-                    raise TlsError("malformed ChangeCipherSpec record")
-            else:
-                if out != i:
-                    buf[out : out + take] = buf[i : i + take]
-                out += take
-            i += take
-            self._remaining -= take
+        remaining = self._remaining
+        try:
+            while i < n:
+                if remaining:
+                    take = remaining if remaining < n - i else n - i
+                    if self._skip:
+                        if buf[i] != 1:
+                            raise TlsError("malformed ChangeCipherSpec record")
+                    else:
+                        if out != i:
+                            buf[out : out + take] = buf[i : i + take]
+                        out += take
+                    i += take
+                    remaining -= take
+                    continue
+                if self._head or n - i < RECORD_HEADER_LEN:
+                    take = min(RECORD_HEADER_LEN - len(self._head), n - i)
+                    self._head += buf[i : i + take]
+                    i += take
+                    if len(self._head) < RECORD_HEADER_LEN:
+                        break
+                    head = self._head
+                    remaining = self._start_record(head[0], head[1], head[2], head[3], head[4])
+                    head.clear()
+                else:
+                    remaining = self._start_record(
+                        buf[i], buf[i + 1], buf[i + 2], buf[i + 3], buf[i + 4]
+                    )
+                    i += RECORD_HEADER_LEN
+        finally:
+            self._remaining = remaining
         return out
 
-    def _start_record(self, head: bytearray) -> None:
-        kind, major, minor, length = head[0], head[1], head[2], (head[3] << 8) | head[4]
+    def _start_record(self, kind: int, major: int, minor: int, high: int, low: int) -> int:
+        length = (high << 8) | low
         if major != 3 or minor != 3:
             raise TlsError(f"unexpected record version {major}.{minor}")
         if kind == TYPE_APPDATA:
@@ -350,9 +364,7 @@ class RecordReader:
             self._skip = True
         else:
             raise TlsError(f"unexpected TLS record type {kind:#x}")
-        self._remaining = length
-        if length == 0:
-            self._skip = False
+        return length
 
 
 def wrapped_size(n: int, max_record: int = MAX_RECORD_OUT) -> int:

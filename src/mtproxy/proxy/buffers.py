@@ -33,6 +33,16 @@ class SharedBuffers:
             self.inbuf = bytearray(self.size)
             self.inview = memoryview(self.inbuf)
 
+    def writelines_in(
+        self, transport: asyncio.WriteTransport, pieces: list[bytes | memoryview]
+    ) -> None:
+        """Like :meth:`write_in` for pieces that include slices of the receive buffer."""
+        transport.writelines(pieces)
+        if transport.get_write_buffer_size():
+            self.renewals += 1
+            self.inbuf = bytearray(self.size)
+            self.inview = memoryview(self.inbuf)
+
     def write_out(self, transport: asyncio.WriteTransport, data: memoryview) -> None:
         transport.write(data)
         if transport.get_write_buffer_size():

@@ -62,7 +62,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.keepalive:
-            set_keepalive(sock, self.keepalive)
+            set_keepalive(sock, self.keepalive, probes=False)
         if self.first:
             self.transport.write(self.first)
         self.first = b""
@@ -121,3 +121,34 @@ class PeerConnection(asyncio.BufferedProtocol):
                 self.transport.abort()
             else:
                 self.transport.close()
+
+
+class MaskConnection(PeerConnection):
+    """A connection to the mask host that records its own address while it lives.
+
+    If the mask host is this proxy itself (a TLS domain pointing back at us), the
+    forwarded probe arrives as a new client, fails again and would be forwarded
+    again, forever. The server checks rejected clients against these addresses and
+    drops such a loop at its second hop.
+    """
+
+    __slots__ = ("_registry", "_source")
+
+    def __init__(
+        self, client: ClientConnection, first: bytes, registry: set[tuple[str, int]]
+    ) -> None:
+        super().__init__(client, client.send_raw, first=first)
+        self._registry = registry
+        self._source: tuple[str, int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        local = transport.get_extra_info("sockname")
+        if local:
+            self._source = (local[0], local[1])
+            self._registry.add(self._source)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._source is not None:
+            self._registry.discard(self._source)
+        super().connection_lost(exc)

@@ -16,7 +16,7 @@ from mtproxy.protocol.replay import ReplayCache, ReplayGuard
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.direct import DirectUpstreams
-from mtproxy.proxy.peer import PeerConnection
+from mtproxy.proxy.peer import MaskConnection
 from mtproxy.proxy.sockets import listening_socket
 from mtproxy.proxy.stats import ProxyStats, UserStats
 
@@ -65,6 +65,8 @@ class ProxyServer:
         self.upstreams: Upstreams = DirectUpstreams(self)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         self.sessions: set[ClientConnection] = set()
+        #: Local addresses of our connections to the mask host (see MaskConnection).
+        self.mask_sources: set[tuple[str, int]] = set()
         self._given_sockets = list(listen_sockets)
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -90,7 +92,7 @@ class ProxyServer:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 await self.loop.create_connection(
-                    lambda: PeerConnection(client, client.send_raw, first=raw), *mask
+                    lambda: MaskConnection(client, raw, self.mask_sources), *mask
                 )
         except (OSError, TimeoutError) as exc:
             log.debug("mask host %s unreachable: %s", format_endpoint(mask), exc)
