@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mtproxy.protocol.errors import TlsError
 
@@ -186,7 +187,7 @@ def choose_cipher_suite(suites: Sequence[int]) -> int:
 
 def x25519_public() -> bytes:
     """A real X25519 public value, so the key share is a point on the curve."""
-    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+    return X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def build_server_hello(
