@@ -125,7 +125,8 @@ OPTIONS: list[Option] = [
     Option("replay_cache_size", ("--replay-cache-size",), cv.int_range(1, 50_000_000),
            "handshakes remembered for replay protection", metavar="N"),
     Option("replay_window", ("--replay-window",), cv.float_range(10, 86400),
-           "how long handshakes are remembered, and the oldest fake-TLS timestamp accepted",
+           "age of the oldest fake-TLS timestamp accepted; handshakes are remembered this long "
+           "plus --tls-max-future",
            metavar="SECONDS"),
     Option("tls_max_future", ("--tls-max-future",), cv.float_range(0, 86400),
            "how far ahead of our clock a fake-TLS timestamp may be", metavar="SECONDS"),
