@@ -170,3 +170,13 @@ def log_level(value: Any) -> str:
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"{value!r} is not a log level; use debug, info, warning or error")
     return text
+
+
+def choice(*allowed: str) -> Converter:
+    def convert(value: Any) -> str:
+        text = as_str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
+        return text
+
+    return convert

@@ -65,6 +65,7 @@ class Settings:
     keepalive: int = 60
     backlog: int = 1024
     log_level: str = "INFO"
+    event_loop: str = "auto"
 
     @property
     def secret_keys(self) -> list[bytes]:
@@ -137,6 +138,8 @@ OPTIONS: list[Option] = [
     Option("backlog", ("--backlog",), cv.int_range(1, 65535), "listen backlog", metavar="N"),
     Option("log_level", ("--log-level",), cv.log_level, "debug, info, warning or error",
            metavar="LEVEL"),
+    Option("event_loop", ("--event-loop",), cv.choice("auto", "uvloop", "asyncio"),
+           "auto (uvloop when installed), uvloop or asyncio", metavar="LOOP"),
 ]
 
 
