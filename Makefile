@@ -11,7 +11,7 @@ export MTPROXY_DOCKER_SOCK
 export DOCKER_HOST ?= unix://$(MTPROXY_DOCKER_SOCK)
 export IMAGE
 
-.PHONY: run test bench lint typecheck clean image
+.PHONY: run test test-compat bench clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ test: $(VENV)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest $(ARGS)
+	$(MAKE) --no-print-directory test-compat
+
+## test-compat: the relay tests again with cryptography 38, the version the container ships
+##              (Debian bookworm's python3-cryptography), whose update_into needs spare room
+COMPAT := .venv-compat
+$(COMPAT)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install --quiet -e '.[fast,test]' 'cryptography==38.0.4'
+	touch $@
+
+test-compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -c 'import cryptography, sys; sys.exit(cryptography.__version__ != "38.0.4")'
+	$(COMPAT)/bin/pytest -q -p no:cacheprovider tests/integration tests/protocol
 
 ## bench: the performance table (not a test; numbers vary with the machine)
 bench: $(VENV)/.installed-test
@@ -47,4 +60,4 @@ image: | $(BIN)/python
 	PYTHON=$(BIN)/python scripts/build-image.sh
 
 clean:
-	rm -rf $(VENV) dist build src/*.egg-info
+	rm -rf $(VENV) $(COMPAT) dist build src/*.egg-info

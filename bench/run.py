@@ -82,8 +82,12 @@ def process(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+EVENT_LOOP = "auto"
+
+
 def proxy_command(port: int, dc_port: int, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
+           "--event-loop", EVENT_LOOP,
            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
            "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600"]
     for dc in (DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE):
@@ -309,7 +313,11 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=16, help="concurrent handshake clients")
     parser.add_argument("--idle", default="1000,5000", help="idle session counts for RSS")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                        help="the proxies' event loop (the container image has no uvloop)")
     args = parser.parse_args()
+    global EVENT_LOOP
+    EVENT_LOOP = args.event_loop
     if args.quick:
         args.bytes, args.echo_count, args.handshake_count, args.idle = 64 << 20, 500, 160, "200"
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -380,7 +388,8 @@ def main() -> int:
 def print_table(rows: list[Row], total: int) -> None:
     width = max(len(r.name) for r in rows)
     vwidth = max(len(r.value) for r in rows)
-    print(f"\nmtproxy benchmark ({total >> 20} MiB per transfer, python {sys.version.split()[0]})")
+    print(f"\nmtproxy benchmark ({total >> 20} MiB per transfer, python {sys.version.split()[0]}, "
+          f"event loop {EVENT_LOOP})")
     print(f"{'measure':<{width}}  {'result':<{vwidth}}  target")
     print("-" * (width + vwidth + 20))
     for r in rows:

@@ -202,7 +202,8 @@ asyncio.run(main(int(sys.argv[1])))
 
 def _free_privileged_port() -> int:
     """A port below 1024 that nothing on the host's loopback listens on."""
-    for port in (443, *range(900, 1000)):
+    candidates: list[int] = [443, *range(900, 1000)]
+    for port in candidates:
         with socket.socket() as probe:
             probe.settimeout(1)
             if probe.connect_ex(("127.0.0.1", port)) != 0:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from mtproxy.cli import CliError
+from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(vars(args), args.config)
     setup_logging(settings.log_level)
     settings = ensure_secrets(settings)
-    return run_until_signal(serve(settings))
+    return run_until_signal(serve(settings), settings.event_loop)
 
 
 def ensure_secrets(settings: Settings) -> Settings:
@@ -66,17 +67,29 @@ def ensure_secrets(settings: Settings) -> Settings:
     return replace(settings, secrets=tuple(ClientSecret(k, Mode.CLASSIC) for k in keys))
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when installed (or demanded), else the standard loop."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "--event-loop", "uvloop is not installed; pip install uvloop, or use auto"
+            ) from None
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
 
-def run_until_signal(main: Coroutine[Any, Any, int]) -> int:
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+def run_until_signal(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
+    try:
+        factory = event_loop_factory(loop)
+    except ConfigError:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 
 
@@ -177,10 +190,11 @@ async def serve(
     addresses = server.addresses
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
     log.info(
-        "listening on %s (modes: %s; %s)",
+        "listening on %s (modes: %s; %s; %s loop)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
         "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
+        type(loop).__module__.split(".")[0],
     )
     if links:
         host = await link_host(settings)

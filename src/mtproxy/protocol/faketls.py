@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mtproxy.protocol.errors import TlsError
 
@@ -96,6 +97,8 @@ class _Cursor:
 
 def hello_record_length(head: bytes) -> int:
     """Total length of the ClientHello record whose first 5 bytes are ``head``."""
+    if len(head) < RECORD_HEADER_LEN:
+        raise TlsError("a TLS record header is 5 bytes")
     if head[0] != TYPE_HANDSHAKE or head[1] != 3 or head[2] not in (1, 3):
         raise TlsError("not a TLS handshake record")
     length = int.from_bytes(head[3:5], "big")
@@ -184,7 +187,7 @@ def choose_cipher_suite(suites: Sequence[int]) -> int:
 
 def x25519_public() -> bytes:
     """A real X25519 public value, so the key share is a point on the curve."""
-    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+    return X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def build_server_hello(

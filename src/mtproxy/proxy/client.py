@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from mtproxy.protocol import faketls
-from mtproxy.protocol.crypto import CipherContext
+from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.handshake import Accepted, Rejected, Reply, ServerHandshake
 from mtproxy.protocol.secret import Mode
@@ -132,7 +132,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._sockname = value
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.inview
+        return self.buffers.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.active = True
@@ -317,8 +317,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             view = view[:n]
         assert self.decryptor is not None
-        self.decryptor.update_into(view, view)
         n = len(view)
+        self.decryptor.update_into(view, self.buffers.inview[: n + CTR_SLACK])
         self.stats.bytes_from_clients += n
         user = self.user
         if user is not None:
@@ -362,11 +362,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if user is not None:
             user.bytes_to_client += n
         buffers = self.buffers
-        if isinstance(data, memoryview) and not data.readonly:
-            # A slice of the shared receive buffer: encrypt in place and write it out,
+        if isinstance(data, memoryview) and data.obj is buffers.inbuf:
+            # A prefix of the shared receive buffer: encrypt in place and write it out,
             # as TLS records cut out of it (uvloop sends the pieces with one writev).
             if cipher is not None:
-                cipher.update_into(data, data)
+                cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
             if self.records is None:
                 buffers.write_in(transport, data)
             else:
@@ -387,7 +387,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
                 pos += header
             if cipher is not None:
-                cipher.update_into(data[start : start + m], out[pos : pos + m])
+                cipher.update_into(data[start : start + m], out[pos : pos + m + CTR_SLACK])
             else:
                 out[pos : pos + m] = data[start : start + m]
             pos += m

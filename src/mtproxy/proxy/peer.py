@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from mtproxy.protocol.crypto import CipherContext
+from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.sockets import set_keepalive
 
@@ -69,12 +69,13 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.client.peer_ready(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.inview
+        return self.buffers.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self.buffers.inview[:nbytes]
+        full = self.buffers.inview
+        view = full[:nbytes]
         if self.decryptor is not None:
-            self.decryptor.update_into(view, view)
+            self.decryptor.update_into(view, full[: nbytes + CTR_SLACK])
         self.deliver(view)
 
     def eof_received(self) -> bool:
@@ -94,13 +95,20 @@ class PeerConnection(asyncio.BufferedProtocol):
     # -- used by the client ------------------------------------------------------------
 
     def send(self, data: memoryview) -> None:
-        """Client plaintext -> peer; ``data`` is ours to encrypt in place."""
+        """Client plaintext -> peer; ``data`` is ours to encrypt in place.
+
+        It is normally a prefix of the shared receive buffer (see buffers.py).
+        """
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        buffers = self.buffers
         if self.encryptor is not None:
-            self.encryptor.update_into(data, data)
-        self.buffers.write_in(transport, data)
+            if data.obj is buffers.inbuf:
+                self.encryptor.update_into(data, buffers.inview[: len(data) + CTR_SLACK])
+            else:
+                in_place(self.encryptor, data)
+        buffers.write_in(transport, data)
 
     def pause_reading(self) -> None:
         if self.transport is not None:

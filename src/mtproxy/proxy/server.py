@@ -50,7 +50,10 @@ class ProxyServer:
             UserStats(f"secret{i + 1}") for i in range(len(settings.secrets))
         ]
         self.buffers = SharedBuffers(settings.buffer_size)
-        self.replay = replay or ReplayCache(settings.replay_cache_size, settings.replay_window)
+        # Entries must outlive every timestamp the time check accepts, which reaches
+        # tls_max_future past a hello's arrival plus replay_window after it.
+        window = settings.replay_window + settings.tls_max_future
+        self.replay = replay or ReplayCache(settings.replay_cache_size, window)
         self.policy = HandshakePolicy(
             secrets=settings.secret_keys,
             modes=settings.modes,
