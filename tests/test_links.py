@@ -1,7 +1,7 @@
 """``mtproxy links``: links from the options or the data directory, QR codes that scan.
 
-The QR checks do not trust segno alone: the printed half-block text is turned back
-into modules and compared with segno's matrix, and it is also rasterised the way a
+The printed half-block text is turned back into modules and compared with the encoder's
+matrix (tests/test_qr.py checks the encoder itself), and it is also rasterised the way a
 terminal shows it (ink on the terminal background, with background all around) and
 decoded with zxing-cpp, an independent QR reader.
 """

@@ -837,7 +837,9 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         setup_logging(prepared.settings.log_level)
         ready = _started(prepared.link_port, startup.var("EXTERNAL_PORT") is not None)
         try:
-            return run_until_signal(serve(prepared.settings, ready=ready, links=False))
+            return run_until_signal(
+                serve(prepared.settings, ready=ready, links=False), prepared.settings.event_loop
+            )
         finally:
             for path in startup.temporary:
                 path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
+from mtproxy.qr import encode
 from mtproxy.state import StateError, read_secrets
 
 #: Light modules around the code. The standard asks for 4; 2 scans fine and saves room.
@@ -52,10 +53,7 @@ def register(sub: Any) -> None:
 
 def qr_matrix(data: str, border: int = QR_BORDER) -> list[list[bool]]:
     """The QR code of ``data`` as rows of modules, True = dark, quiet zone included."""
-    import segno
-
-    code = segno.make_qr(data)
-    return [[bool(m) for m in row] for row in code.matrix_iter(scale=1, border=border)]
+    return encode(data.encode("utf-8")).matrix(border)
 
 
 def render_half_blocks(matrix: Sequence[Sequence[bool]], *, invert: bool = False) -> list[str]:
