@@ -222,6 +222,22 @@ def test_one_secret_by_default(tmp_path: Path, web: FakeWeb) -> None:
     assert len((tmp_path / "secret").read_text().strip().split(",")) == 1
 
 
+def test_same_secret_is_not_rewritten(tmp_path: Path, web: FakeWeb) -> None:
+    (tmp_path / "secret").write_text(KEY + "\n")
+    before = (tmp_path / "secret").stat()
+    result = entrypoint(tmp_path, environment(web, SECRET=KEY.upper()))
+    assert result.returncode == 0, result.stdout
+    after = (tmp_path / "secret").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_corrupt_secret_file_is_replaced_by_the_variable(tmp_path: Path, web: FakeWeb) -> None:
+    (tmp_path / "secret").write_text("garbage\n")
+    result = entrypoint(tmp_path, environment(web, SECRET=KEY))
+    assert result.returncode == 0, result.stdout
+    assert (tmp_path / "secret").read_text() == KEY + "\n"
+
+
 def test_secret_variable_is_lower_cased_stored_and_beats_the_file(
     tmp_path: Path, web: FakeWeb
 ) -> None:

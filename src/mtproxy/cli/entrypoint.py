@@ -396,11 +396,21 @@ class Startup:
             _say(f"[+] No secret given: generating {count} random one{'s' * (count > 1)}.")
             keys = [generate_secret().hex() for _ in range(count)]
             self.options["secrets"] = keys
+        self._save_secrets(data_dir, keys)
+        return keys
+
+    def _save_secrets(self, data_dir: Path, keys: list[str]) -> None:
+        """Store the secrets for the next start and for ``mtproxy links``."""
+        wanted = [bytes.fromhex(k) for k in keys]
         try:
-            write_secrets(data_dir, [bytes.fromhex(k) for k in keys])
+            if read_secrets(data_dir) == wanted:
+                return  # nothing to do, and the volume may be read-only
+        except StateError:
+            pass  # unreadable or corrupt: replace it
+        try:
+            write_secrets(data_dir, wanted)
         except StateError as exc:
             _say(f"[!] {exc}; the secrets will not survive a restart.")
-        return keys
 
     def _run_mode_keys(self) -> list[str]:
         """The keys of the secrets set with --secret or in the config file."""
