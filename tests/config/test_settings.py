@@ -156,6 +156,12 @@ CASES: dict[str, Case] = {
         toml_good=[('log_level = "error"', "ERROR")],
         toml_bad=["log_level = 1", 'log_level = "trace"'],
     ),
+    "event_loop": Case(
+        cli_good=[(["--event-loop", "asyncio"], "asyncio"), (["--event-loop", "UVLOOP"], "uvloop")],
+        cli_bad=[["--event-loop", "trio"], ["--event-loop", ""]],
+        toml_good=[('event_loop = "auto"', "auto")],
+        toml_bad=["event_loop = 2", 'event_loop = "gevent"'],
+    ),
 }
 
 

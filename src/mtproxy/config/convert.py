@@ -176,7 +176,7 @@ def choice(*allowed: str) -> Converter:
     def convert(value: Any) -> str:
         text = as_str(value).strip().lower()
         if text not in allowed:
-            raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
+            raise ValueError(f"{value!r} is not allowed; use one of: {', '.join(allowed)}")
         return text
 
     return convert
