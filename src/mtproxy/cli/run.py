@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import logging
-import signal
+import os
 import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtproxy.cli import CliError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
+from mtproxy.ops.runtime import local_stats, run_until_stopped
+from mtproxy.ops.server import OpsServer
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
 from mtproxy.proxy.server import ListenError, ProxyServer
@@ -23,8 +24,12 @@ from mtproxy.proxy.sockets import listening_socket
 from mtproxy.publicip import detect_public_ip, local_outbound_ip
 from mtproxy.state import StateError, load_or_create_secrets
 
+if TYPE_CHECKING:
+    from mtproxy.ops.workers import WorkerLink, WorkerSpec
+
 log = logging.getLogger("mtproxy")
 FALLBACK_PORT = 8443
+MAX_USER_LINKS = 20
 
 
 def register(sub: Any) -> None:
@@ -35,27 +40,50 @@ def register(sub: Any) -> None:
         "t.me links. Command-line options override the TOML --config file.",
     )
     add_arguments(parser)
+    # Set by the supervisor of --workers N on the command lines of its workers.
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=main)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, worker: int | None = None) -> None:
+    tag = "" if worker is None else f" [worker {worker}]"
     logging.basicConfig(
         level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(vars(args), args.config)
-    setup_logging(settings.log_level)
+    worker_index: int | None = getattr(args, "worker_index", None)
+    setup_logging(settings.log_level, worker_index)
     settings = ensure_secrets(settings)
-    return run_until_signal(serve(settings))
+
+    def reloader() -> Settings:
+        return ensure_secrets(load_settings(vars(args), args.config))
+
+    if worker_index is not None:
+        from mtproxy.ops.workers import ENV, WorkerSpec
+
+        try:
+            spec = WorkerSpec.decode(worker_index, os.environ.get(ENV, ""))
+        except ValueError as exc:
+            raise CliError(f"--worker-index is for the supervisor's use only ({exc})") from None
+        return run_until_signal(serve(settings, reloader=reloader, worker=spec))
+    if settings.workers > 1:
+        from mtproxy.ops.workers import cli_args, supervise
+
+        return asyncio.run(supervise(settings, cli_args(args), reloader))
+    return run_until_signal(serve(settings, reloader=reloader))
 
 
 def ensure_secrets(settings: Settings) -> Settings:
-    """Use the configured secrets, else the stored ones, else generate and store one."""
-    if settings.secrets:
+    """Use the configured secrets, else the stored ones, else generate and store one.
+
+    Named users bring their own secrets; then nothing is generated.
+    """
+    if settings.secrets or settings.users:
         return settings
     try:
         keys, created = load_or_create_secrets(settings.data_dir)
@@ -80,7 +108,7 @@ def run_until_signal(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def bind_listeners(settings: Settings) -> list[socket.socket]:
+def bind_listeners(settings: Settings, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind the configured addresses; the defaults degrade gracefully.
 
     With no --listen given: a host without IPv6 just skips [::], and when port 443
@@ -89,7 +117,8 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
 
     def bind(endpoint: Endpoint) -> socket.socket:
         return listening_socket(
-            endpoint, backlog=settings.backlog, keepalive=settings.keepalive
+            endpoint, backlog=settings.backlog, keepalive=settings.keepalive,
+            reuse_port=reuse_port,
         )
 
     socks: list[socket.socket] = []
@@ -153,34 +182,65 @@ def format_links(settings: Settings, host: str, port: int) -> str:
         for link in links_for(host, port, secret.key, settings.modes, list(settings.tls_domains)):
             lines.append(f"  {link.secret.mode.value:<7} {link.tg}")
             lines.append(f"  {'':<7} {link.https}")
+    if len(settings.users) > MAX_USER_LINKS:
+        lines.append(f"{len(settings.users)} users from the configuration (links not printed)")
+        return "\n".join(lines)
+    for user in settings.users:
+        lines.append(f"user {user.name}: {user.secret.key.hex()}")
+        for link in links_for(host, port, user.secret.key, settings.modes,
+                              list(settings.tls_domains)):
+            lines.append(f"  {link.secret.mode.value:<7} {link.tg}")
     return "\n".join(lines)
 
 
-async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
-    try:
-        socks = bind_listeners(settings)
-    except ListenError as exc:
-        raise CliError(str(exc)) from None
-    server = ProxyServer(settings, listen_sockets=socks)
+async def serve(
+    settings: Settings,
+    *,
+    ready: Callable[[ProxyServer], None] | None = None,
+    reloader: Callable[[], Settings] | None = None,
+    worker: WorkerSpec | None = None,
+) -> int:
+    link: WorkerLink | None = None
+    if worker is None:
+        try:
+            socks = bind_listeners(settings)
+        except ListenError as exc:
+            raise CliError(str(exc)) from None
+    else:
+        from mtproxy.ops.workers import WorkerLink
+
+        link = WorkerLink(worker)
+        await link.connect()
+        socks = link.sockets
+    server = OpsServer(
+        settings,
+        listen_sockets=socks,
+        replay=link.replay if link else None,
+        ledger=link.ledger if link else None,
+        worker_index=worker.index if worker else None,
+    )
     await server.start()
     addresses = server.addresses
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
-    log.info(
+    log.log(
+        logging.INFO if link is None else logging.DEBUG,
         "listening on %s (modes: %s; %s)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
         "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
     )
-    host = await link_host(settings)
-    print(format_links(settings, host, addresses[0][1]), flush=True)
+    if link is None:
+        host = await link_host(settings)
+        print(format_links(settings, host, addresses[0][1]), flush=True)
+    else:
+        link.server = server
+        link.ready()
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await server.stop()
-    return 0
+    return await run_until_stopped(
+        server,
+        reloader=reloader,
+        stats=local_stats(server) if link is None else None,
+        lost=link.channel.closed if link is not None and link.channel else None,
+        ignore_sigint=link is not None,
+    )

@@ -228,9 +228,12 @@ class OpsServer(ProxyServer):
     ) -> None:
         config = state.config
         assert config is not None
-        reason = await self.ledger.acquire(
-            state.name, client.peername[0], config.max_connections, config.max_ips
-        )
+        try:
+            reason = await self.ledger.acquire(
+                state.name, client.peername[0], config.max_connections, config.max_ips
+            )
+        except ConnectionError:
+            reason = "unavailable"  # the supervisor is gone; this worker is stopping
         self._pending.pop(client, None)
         if reason is None and client.closed:
             self.ledger.release(state.name, client.peername[0])

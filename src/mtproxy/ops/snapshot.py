@@ -138,7 +138,6 @@ def render_tsv(snap: Snapshot, *, pid: int, started: float, workers: list[Snapsh
         ("total_max_special_connections", cap),
         ("inbound_connections_accepted", c.get("connections_total", 0)),
         ("accept_connection_limit_failed", c.get("accept_refused", 0)),
-        ("ext_connections", c.get("sessions_active", 0)),
         ("draining", snap["draining"]),
         ("reloads", snap["reloads"]),
     ]
