@@ -53,13 +53,14 @@ class ProxyProc:
         dc_port: int | None = None,
         listen: str = "127.0.0.1:0",
         secret: bool = True,
+        stats_host: str = "127.0.0.1",
         ready_timeout: float = 30.0,
     ) -> ProxyProc:
         stats_port = free_port()
         cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", listen,
-               "--stats", f"127.0.0.1:{stats_port}", "--mask", "off",
+               "--stats", f"{stats_host}:{stats_port}", "--mask", "off",
                "--public-host", "127.0.0.1", "--data-dir", str(tmp / "data"),
-               "--log-level", "debug", "--shutdown-grace", "5"]  # fmt: skip
+               "--log-level", "debug", "--shutdown-grace", "1"]  # fmt: skip
         if secret:
             cmd += ["--secret", SECRET.hex()]
         if dc_port is not None:
@@ -101,9 +102,10 @@ class ProxyProc:
                 return
 
     async def wait_stats(self) -> None:
+        """Until the stats port answers (with anything: it may refuse us)."""
         while True:
             with contextlib.suppress(OSError, ConnectionError, ValueError):
-                await self.stats()
+                await self.get("/stats")
                 return
             await asyncio.sleep(0.05)
 
@@ -114,8 +116,11 @@ class ProxyProc:
     def pid(self) -> int:
         return self.proc.pid
 
-    async def get(self, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection(host, self.stats_port)
+    async def get(
+        self, path: str, host: str = "127.0.0.1", source: str | None = None
+    ) -> tuple[int, str]:
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection(host, self.stats_port, local_addr=local)
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             await writer.drain()
