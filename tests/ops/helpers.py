@@ -193,12 +193,12 @@ async def connect(
     return stream
 
 
-async def echo_ok(stream: ObfsStream, payload: bytes = b"ping") -> bool:
+async def echo_ok(stream: ObfsStream, payload: bytes = b"ping", timeout: float = 10.0) -> bool:
     """One packet out and back through an echoing FakeDC."""
     stream.send_packet(payload)
     await stream.drain()
     try:
-        return await asyncio.wait_for(stream.recv_packet(), 10) == payload
+        return await asyncio.wait_for(stream.recv_packet(), timeout) == payload
     except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
         return False
 
