@@ -50,7 +50,11 @@ class ProxyServer:
             UserStats(f"secret{i + 1}") for i in range(len(settings.secrets))
         ]
         self.buffers = SharedBuffers(settings.buffer_size)
-        self.replay = replay or ReplayCache(settings.replay_cache_size, settings.replay_window)
+        self.replay = (
+            replay
+            if replay is not None
+            else ReplayCache(settings.replay_cache_size, settings.replay_window)
+        )
         self.policy = HandshakePolicy(
             secrets=settings.secret_keys,
             modes=settings.modes,
