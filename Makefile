@@ -31,6 +31,7 @@ test: $(VENV)/.installed-test
 ## bench: the performance table (not a test; numbers vary with the machine)
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/workers.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) dist build src/*.egg-info
