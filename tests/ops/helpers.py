@@ -167,15 +167,14 @@ class ProxyProc:
             self.signal(signal.SIGTERM)
         try:
             return await self.wait()
-        except TimeoutError:
+        finally:
             await self.kill()
-            raise
 
     async def kill(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
+        """Kill the process group: the proxy and any worker it may have left behind."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
 
 
 async def connect(

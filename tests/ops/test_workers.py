@@ -171,3 +171,27 @@ async def test_a_user_limit_holds_across_workers(tmp_path: Path) -> None:
             assert await echo_ok(await connect(proxy, ALICE))
         finally:
             assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout_s(60)
+async def test_workers_leave_when_their_supervisor_dies(tmp_path: Path) -> None:
+    proxy = await ProxyProc.start(tmp_path, "--workers", "2")
+    stats = await proxy.stats()
+    pids = [int(stats[f"worker.{i}.pid"]) for i in range(2)]
+    try:
+        os.kill(proxy.pid, signal.SIGKILL)
+        await proxy.wait(10)
+        async with asyncio.timeout(20):
+            while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in pids):
+                await asyncio.sleep(0.1)
+        with pytest.raises(OSError):  # nobody listens any more
+            await connect(proxy)
+    finally:
+        await proxy.kill()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
