@@ -126,7 +126,7 @@ def main() -> int:
     with process(dc_cmd, dc_port):
         for workers in (1, 2):
             port = free_port()
-            extra = ["--workers", str(workers), "--stats", "off"]
+            extra = ["--workers", str(workers)]
             with process(proxy_command(port, dc_port, extra), port) as proxy:
                 time.sleep(0.5 if workers > 1 else 0.0)  # every worker listening
                 rows.append(

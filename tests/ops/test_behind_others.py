@@ -106,3 +106,17 @@ async def test_ipv6_listener(tmp_path: Path) -> None:
             assert (await proxy.stats())["user.alice.ips"] == "::1"
         finally:
             assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_silent_connection_is_dropped_when_the_header_never_comes(tmp_path: Path) -> None:
+    proxy = await ProxyProc.start(tmp_path, "--proxy-protocol", "--handshake-timeout", "1")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(build_v1(("203.0.113.1", 1), LB)[:10])  # a header that never ends
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""
+        writer.close()
+        assert await proxy.stat("proxy_protocol_errors") == 1
+    finally:
+        assert await proxy.stop() == 0

@@ -113,6 +113,9 @@ class UserRegistry:
             state.anonymous = False
             if user.quota is None:
                 state.stats.bytes_limit = NO_LIMIT
+            else:
+                # Until the next exchange with the ledger, trust what it said last time.
+                state.stats.bytes_limit = user.quota - (state.quota_used - state.reported)
             entries.append((user.secret.key, state))
             current.add(user.name)
         removed = []

@@ -227,6 +227,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _handshake_timeout(self) -> None:
         self.timer = None
         if self.proxy_header is not None:
+            self.stats.proxy_protocol_errors += 1
             self.close(abort=True)
         elif self.handshake is not None and not self.closed:
             self._reject(Rejected("timeout"))
