@@ -94,7 +94,7 @@ secret = "{HEX2}"
     ("users", "words"),
     [
         (f'name = "a"\nsecret = "{HEX}"\nmax_conns = 1', "did you mean 'max_connections'"),
-        ('name = "a"', "needs name"),
+        ('name = "a"', "needs a name and a secret"),
         (f'name = "a b"\nsecret = "{HEX}"', "not a user name"),
         (f'name = "secret1"\nsecret = "{HEX}"', "reserved"),
         (f'name = "a"\nsecret = "{HEX}"\nquota = "lots"', "not a size"),

@@ -14,8 +14,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mtproxy.cli import CliError
+from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
-from mtproxy.ops.runtime import local_stats, run_until_stopped
+from mtproxy.ops.runtime import StopSignal, local_stats, run_until_stopped
 from mtproxy.ops.server import OpsServer
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
@@ -70,12 +71,14 @@ def main(args: argparse.Namespace) -> int:
             spec = WorkerSpec.decode(worker_index, os.environ.get(ENV, ""))
         except ValueError as exc:
             raise CliError(f"--worker-index is for the supervisor's use only ({exc})") from None
-        return run_until_signal(serve(settings, reloader=reloader, worker=spec))
+        return run_until_signal(
+            serve(settings, reloader=reloader, worker=spec), settings.event_loop
+        )
     if settings.workers > 1:
         from mtproxy.ops.workers import cli_args, supervise
 
         return asyncio.run(supervise(settings, cli_args(args), reloader))
-    return run_until_signal(serve(settings, reloader=reloader))
+    return run_until_signal(serve(settings, reloader=reloader), settings.event_loop)
 
 
 def ensure_secrets(settings: Settings) -> Settings:
@@ -94,17 +97,29 @@ def ensure_secrets(settings: Settings) -> Settings:
     return replace(settings, secrets=tuple(ClientSecret(k, Mode.CLASSIC) for k in keys))
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when installed (or demanded), else the standard loop."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "--event-loop", "uvloop is not installed; pip install uvloop, or use auto"
+            ) from None
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
 
-def run_until_signal(main: Coroutine[Any, Any, int]) -> int:
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+def run_until_signal(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
+    try:
+        factory = event_loop_factory(loop)
+    except ConfigError:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 
 
@@ -200,6 +215,10 @@ async def serve(
     reloader: Callable[[], Settings] | None = None,
     worker: WorkerSpec | None = None,
 ) -> int:
+    loop = asyncio.get_running_loop()
+    # Signals are caught from the start: a stop during start-up still ends cleanly.
+    stopper = StopSignal()
+    stopper.install(loop, ignore_sigint=worker is not None)
     link: WorkerLink | None = None
     if worker is None:
         try:
@@ -224,10 +243,11 @@ async def serve(
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
     log.log(
         logging.INFO if link is None else logging.DEBUG,
-        "listening on %s (modes: %s; %s)",
+        "listening on %s (modes: %s; %s; %s loop)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
         "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
+        type(loop).__module__.split(".")[0],
     )
     if link is None:
         host = await link_host(settings)
@@ -239,8 +259,8 @@ async def serve(
         ready(server)
     return await run_until_stopped(
         server,
+        stopper,
         reloader=reloader,
         stats=local_stats(server) if link is None else None,
         lost=link.channel.closed if link is not None and link.channel else None,
-        ignore_sigint=link is not None,
     )

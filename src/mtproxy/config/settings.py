@@ -68,6 +68,7 @@ class Settings:
     keepalive: int = 60
     backlog: int = 1024
     log_level: str = "INFO"
+    event_loop: str = "auto"
     workers: int = 1
     stats: Endpoint | None = ("127.0.0.1", 2398)
     #: Who may read the stats port; empty means loopback and private networks.
@@ -139,7 +140,8 @@ OPTIONS: list[Option] = [
     Option("replay_cache_size", ("--replay-cache-size",), cv.int_range(1, 50_000_000),
            "handshakes remembered for replay protection", metavar="N"),
     Option("replay_window", ("--replay-window",), cv.float_range(10, 86400),
-           "how long handshakes are remembered, and the oldest fake-TLS timestamp accepted",
+           "age of the oldest fake-TLS timestamp accepted; handshakes are remembered this long "
+           "plus --tls-max-future",
            metavar="SECONDS"),
     Option("tls_max_future", ("--tls-max-future",), cv.float_range(0, 86400),
            "how far ahead of our clock a fake-TLS timestamp may be", metavar="SECONDS"),
@@ -150,6 +152,8 @@ OPTIONS: list[Option] = [
     Option("backlog", ("--backlog",), cv.int_range(1, 65535), "listen backlog", metavar="N"),
     Option("log_level", ("--log-level",), cv.log_level, "debug, info, warning or error",
            metavar="LEVEL"),
+    Option("event_loop", ("--event-loop",), cv.choice("auto", "uvloop", "asyncio"),
+           "auto (uvloop when installed), uvloop or asyncio", metavar="LOOP"),
     Option("workers", ("--workers", "-M"), cv.int_range(1, 256), "worker processes sharing "
            "the listening port (one per core is a good start; default 1)", metavar="N"),
     Option("stats", ("--stats",), cv.optional_endpoint(2398), "where /stats and /metrics "
@@ -267,8 +271,10 @@ def _derive(s: Settings) -> Settings:
         raise ConfigError("users", str(exc)) from None
     domains = list(s.tls_domains)
     for secret in (*s.secrets, *(u.secret for u in s.users)):
-        if secret.domain and secret.domain not in domains:
-            domains.append(secret.domain)
+        # The handshake compares the client's SNI lowercased.
+        name = secret.domain.lower() if secret.domain else None
+        if name and name not in domains:
+            domains.append(name)
     if Mode.TLS in s.modes and not domains:
         domains.append(DEFAULT_TLS_DOMAIN)
     mask = s.mask

@@ -39,20 +39,31 @@ def reload_now(server: OpsServer, reloader: Reloader) -> bool:
     return True
 
 
-class Stopper:
-    """First signal: drain. Second: close everything now."""
+class StopSignal:
+    """SIGTERM/SIGINT handler. First signal: drain. Second: close everything now."""
 
-    def __init__(self, server: OpsServer) -> None:
-        self.server = server
+    def __init__(self) -> None:
         self.requested = asyncio.Event()
+        self.server: OpsServer | None = None
+        self.signals: list[int] = []
+
+    def install(self, loop: asyncio.AbstractEventLoop, *, ignore_sigint: bool = False) -> None:
+        """Workers leave SIGINT (a terminal's Ctrl-C hits the group) to their supervisor."""
+        self.signals = [signal.SIGTERM] if ignore_sigint else [signal.SIGTERM, signal.SIGINT]
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in self.signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self)
 
     def __call__(self) -> None:
         if not self.requested.is_set():
             self.requested.set()
             return
-        log.info("second stop signal: closing %d sessions now", len(self.server.sessions))
-        for client in list(self.server.sessions):
-            client.close(abort=True)
+        if self.server is not None:
+            log.info("second stop signal: closing %d sessions now", len(self.server.sessions))
+            for client in list(self.server.sessions):
+                client.close(abort=True)
 
 
 def local_stats(server: OpsServer) -> StatsServer | None:
@@ -68,21 +79,15 @@ def local_stats(server: OpsServer) -> StatsServer | None:
 
 async def run_until_stopped(
     server: OpsServer,
+    stopper: StopSignal,
     *,
     reloader: Reloader | None,
     stats: StatsServer | None = None,
     lost: asyncio.Event | None = None,
-    ignore_sigint: bool = False,
 ) -> int:
     """Serve until a stop signal (or ``lost``: the supervisor went away), then drain."""
     loop = asyncio.get_running_loop()
-    stopper = Stopper(server)
-    stop_signals = [signal.SIGTERM] if ignore_sigint else [signal.SIGTERM, signal.SIGINT]
-    if ignore_sigint:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for sig in stop_signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopper)
+    stopper.server = server
     if reloader is not None:
 
         def on_hup() -> None:
@@ -114,7 +119,7 @@ async def run_until_stopped(
     await server.stop(grace)
     if stats is not None:
         await stats.close()
-    for sig in (*stop_signals, signal.SIGHUP):
+    for sig in (*stopper.signals, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
     return 0

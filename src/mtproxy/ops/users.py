@@ -89,21 +89,22 @@ def user_name(value: Any) -> str:
     if not _NAME.fullmatch(text):
         raise ValueError(f"{text!r} is not a user name; use 1-64 letters, digits, '_' or '-'")
     if re.fullmatch(r"secret[0-9]+", text):
-        raise ValueError(f"{text!r} is reserved for the anonymous secrets; pick another name")
+        raise ValueError(f"{text!r} is reserved for the anonymous secrets; choose another name")
     return text
 
 
 def user_entry(value: Any) -> UserConfig:
     """One ``[[users]]`` table."""
     if not isinstance(value, dict):
-        raise ValueError("each user is a table: [[users]] with name = ... and secret = ...")
+        raise ValueError("a user is not a table; write [[users]] tables with name and secret")
     for key in value:
         if key not in USER_KEYS:
             close = difflib.get_close_matches(key, USER_KEYS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(USER_KEYS)}"
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(USER_KEYS)}"
             raise ValueError(f"unknown user key {key!r}; {hint}")
     if "name" not in value or "secret" not in value:
-        raise ValueError("a user needs name = \"...\" and secret = \"<32 hex>\"")
+        raise ValueError("a user needs a name and a secret; write name = \"...\" and "
+                         "secret = \"<32 hex>\"")
     name = user_name(value["name"])
     try:
         return UserConfig(
@@ -133,7 +134,7 @@ def check_unique(users: tuple[UserConfig, ...], anonymous: tuple[ClientSecret, .
     keys = {s.key for s in anonymous}
     for user in users:
         if user.name in names:
-            raise ValueError(f"user {user.name!r} is defined twice; user names must be unique")
+            raise ValueError(f"user {user.name!r} is defined twice; give every user a unique name")
         if user.secret.key in keys:
             raise ValueError(
                 f"user {user.name!r} reuses a secret already in use; give every user their own "

@@ -207,7 +207,10 @@ class Supervisor:
         ]
         self.workers = [Worker(i) for i in range(settings.workers)]
         self.ledger = Ledger(load_usage(settings.data_dir))
-        self.replay_fd = create_region(settings.replay_cache_size, settings.replay_window)
+        # Same span as the in-process cache: past the oldest and newest accepted timestamps.
+        self.replay_fd = create_region(
+            settings.replay_cache_size, settings.replay_window + settings.tls_max_future
+        )
         self.started = time.time()
         self.stopping = False
         self.stop_requested = asyncio.Event()

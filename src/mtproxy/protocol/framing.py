@@ -58,9 +58,9 @@ def encode_packet(
     length = len(payload)
     if length == 0 or length > MAX_PACKET:
         raise FramingError(f"packet length {length} out of range")
+    if length % 4:
+        raise FramingError("packets must be a multiple of 4 bytes")
     if framing is Framing.ABRIDGED:
-        if length % 4:
-            raise FramingError("abridged packets must be a multiple of 4 bytes")
         words = length // 4
         if words < 0x7F:
             head = bytes([words | (QUICKACK_ABRIDGED if quickack else 0)])
@@ -72,7 +72,8 @@ def encode_packet(
     if framing is Framing.INTERMEDIATE:
         flag = QUICKACK_INTERMEDIATE if quickack else 0
         return struct.pack("<I", length | flag) + payload
-    pad = random_bytes(1)[0] & 3
+    # A maximal packet gets no tail: the padding counts towards the reader's limit.
+    pad = min(random_bytes(1)[0] & 3, MAX_PACKET - length)
     flag = QUICKACK_INTERMEDIATE if quickack else 0
     return struct.pack("<I", (length + pad) | flag) + payload + random_bytes(pad)
 
