@@ -34,6 +34,9 @@ from run import (
     proxy_command,
 )
 
+#: Seconds to wait after the port opens: the other workers are still importing.
+SETTLE = 2.0
+
 
 def parallel(count: int, job: Callable[[int], int]) -> tuple[int, float]:
     """Run ``job(i)`` in ``count`` threads; (sum of results, wall seconds)."""
@@ -113,6 +116,7 @@ def main() -> int:
     parser.add_argument("--bytes", type=int, default=256 << 20, help="bytes per download")
     parser.add_argument("--clients", type=int, default=4, help="parallel clients")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the handshake run")
+    parser.add_argument("--runs", type=int, default=2, help="runs per row; the best is shown")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args, _ = parser.parse_known_args()
     if args.quick:
@@ -128,11 +132,15 @@ def main() -> int:
             port = free_port()
             extra = ["--workers", str(workers)]
             with process(proxy_command(port, dc_port, extra), port) as proxy:
-                time.sleep(0.5 if workers > 1 else 0.0)  # every worker listening
-                rows.append(
-                    (workers, *measure(proxy.pid, port, args.clients, args.bytes, args.seconds))
-                )
-    print(f"\nworkers: {args.clients} parallel clients, {args.bytes >> 20} MiB each, "
+                time.sleep(SETTLE)  # every worker started, imports done
+                runs = [
+                    measure(proxy.pid, port, args.clients, args.bytes, args.seconds)
+                    for _ in range(args.runs)
+                ]
+                best = max(runs, key=lambda r: r[0])
+                rows.append((workers, best[0], best[1], best[2], max(r[3] for r in runs)))
+    print(f"\nworkers: {args.clients} parallel clients, {args.bytes >> 20} MiB each, best of "
+          f"{args.runs} runs, "
           f"{os.cpu_count()} cores shared with the load generator and the fake DC")  # fmt: skip
     print(f"{'workers':<8} {'download MiB/s':>15} {'proxy CPU %':>12} {'machine busy %':>15} "
           f"{'connections/s':>14}")  # fmt: skip
