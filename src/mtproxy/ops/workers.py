@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from mtproxy.ops.control import Channel, Message
 from mtproxy.ops.limits import Ledger, load_usage, save_usage
 from mtproxy.ops.replay_shared import SharedReplayCache, create_region
 from mtproxy.ops.runtime import Reloader
+from mtproxy.ops.server import RESTART_ONLY
 from mtproxy.ops.snapshot import Snapshot, merge, take
 from mtproxy.ops.stats_server import DEFAULT_ALLOW, StatsServer, StatsView
 from mtproxy.protocol.dc import Endpoint, format_endpoint
@@ -45,6 +47,7 @@ log = logging.getLogger("mtproxy.workers")
 ENV = "MTPROXY_WORKER_FDS"
 READY_TIMEOUT = 60.0
 STATS_TIMEOUT = 2.0
+SNAPSHOT_EVERY = 5.0
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
 _RETIRED_COUNTERS = (
     "connections_total", "bytes_from_clients", "bytes_to_clients", "upstream_connects",
@@ -427,7 +430,11 @@ class Supervisor:
         except Exception as exc:
             log.error("reload failed, workers keep the running configuration: %s", exc)
             return
-        self.settings = settings
+        for name in RESTART_ONLY:
+            if getattr(settings, name) != getattr(self.settings, name):
+                log.warning("%s changed; restart to apply it", name)
+        keep = {name: getattr(self.settings, name) for name in RESTART_ONLY}
+        self.settings = dataclasses.replace(settings, **keep)
         if self.stats is not None:
             self.stats.allow = tuple(settings.stats_allow) or DEFAULT_ALLOW
         log.info("configuration checked; telling %d workers to reload", len(self.workers))
@@ -458,9 +465,15 @@ class Supervisor:
         return 0
 
     async def _save_loop(self) -> None:
+        """Keep usage on disk, and every worker's last snapshot fresh: a worker that dies
+        leaves its counters in the totals as of that snapshot."""
+        ticks = 0
         while True:
-            await asyncio.sleep(10.0)
-            self._save()
+            await asyncio.sleep(SNAPSHOT_EVERY)
+            await asyncio.gather(*(self._ask(w) for w in self.workers))
+            ticks += 1
+            if ticks % 2 == 0:
+                self._save()
 
     def _save(self) -> None:
         if self.ledger.dirty:
