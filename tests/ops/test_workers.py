@@ -149,9 +149,10 @@ async def test_a_killed_worker_is_restarted_and_totals_are_kept(tmp_path: Path) 
 @pytest.mark.timeout_s(120)
 async def test_a_user_limit_holds_across_workers(tmp_path: Path) -> None:
     async with FakeDC(packet_echo_handler) as dc:
-        proxy = await ProxyProc.start(tmp_path, "--workers", "2", dc_port=dc.port,
+        proxy = await ProxyProc.start(tmp_path, "--workers", "2", "-C", "50", dc_port=dc.port,
                                       config=user_toml("alice", ALICE, max_connections=1))
         try:
+            assert (await proxy.stats())["total_max_special_connections"] == "100"
             before = await worker_counts(proxy, "handshakes_ok")
             holder = await connect(proxy, ALICE)
             assert await echo_ok(holder)
@@ -169,6 +170,39 @@ async def test_a_user_limit_holds_across_workers(tmp_path: Path) -> None:
             holder.close()
             await proxy.wait_stat("user.alice.connections_active", 0)
             assert await echo_ok(await connect(proxy, ALICE))
+        finally:
+            assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout_s(120)
+async def test_a_quota_is_shared_by_the_workers(tmp_path: Path) -> None:
+    async with FakeDC(packet_echo_handler) as dc:
+        proxy = await ProxyProc.start(tmp_path, "--workers", "2", dc_port=dc.port,
+                                      config=user_toml("alice", ALICE, quota=4000))
+        try:
+            by_worker: dict[int, ObfsStream] = {}
+            for _ in range(ATTEMPTS):
+                before = await worker_counts(proxy, "handshakes_ok")
+                stream = await connect(proxy, ALICE)
+                worker = await which_worker(proxy, "handshakes_ok", before)
+                if worker in by_worker:
+                    stream.close()
+                else:
+                    by_worker[worker] = stream
+                if len(by_worker) == 2:
+                    break
+            assert len(by_worker) == 2, "every session landed on one worker"
+            first, second = by_worker[0], by_worker[1]
+            assert await echo_ok(first, bytes(1000))  # 1004 bytes each way on worker 0
+            await asyncio.sleep(1.0)  # a few quota exchanges with the supervisor
+            # Worker 1 alone would allow 4000 bytes; with worker 0's 2008 counted it allows
+            # 1992: the upload (1004) passes, the echo back (2008) does not.
+            assert not await echo_ok(second, bytes(1000), timeout=5)
+            assert await closed_by_proxy(second)
+            stats = await proxy.stats()
+            assert stats["user.alice.quota_closed"] == "1"
+            assert int(stats["user.alice.quota_used"]) <= 4000 + 1004
+            first.close()
         finally:
             assert await proxy.stop() == 0
 
