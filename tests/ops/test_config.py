@@ -11,7 +11,6 @@ import pytest
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
 from mtproxy.ops.users import byte_size, expiry
-from mtproxy.ops.workers import cli_args
 
 HEX = "0123456789abcdef0123456789abcdef"
 HEX2 = "fedcba9876543210fedcba9876543210"
@@ -125,11 +124,3 @@ def test_sizes_and_dates() -> None:
     assert expiry("2030-01-01T00:00:00Z") == dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
     assert expiry(dt.datetime(2030, 1, 1)) == expiry("2030-01-01T00:00:00")
     assert expiry("2030-01-01") == expiry("2030-01-02T00:00:00+00:00")
-
-
-def test_worker_command_line_reproduces_the_options(tmp_path: Path) -> None:
-    argv = ["--listen", "127.0.0.1:0", "--listen", "[::1]:0", "--secret", HEX, "-M", "2",
-            "--proxy-protocol", "--no-prefer-ipv6", "--config", str(tmp_path / "c.toml")]
-    (tmp_path / "c.toml").write_text("")
-    again = parse(cli_args(parse(argv)))
-    assert vars(again) == vars(parse(argv))

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import errno
 import logging
-import os
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -26,7 +25,7 @@ from mtproxy.publicip import detect_public_ip, local_outbound_ip
 from mtproxy.state import StateError, load_or_create_secrets
 
 if TYPE_CHECKING:
-    from mtproxy.ops.workers import WorkerLink, WorkerSpec
+    from mtproxy.ops.workers import WorkerLink
 
 log = logging.getLogger("mtproxy")
 FALLBACK_PORT = 8443
@@ -41,7 +40,7 @@ def register(sub: Any) -> None:
         "t.me links. Command-line options override the TOML --config file.",
     )
     add_arguments(parser)
-    # Set by the supervisor of --workers N on the command lines of its workers.
+    # How the supervisor of --workers N starts its workers (they get their settings from it).
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=main)
 
@@ -56,28 +55,18 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(vars(args), args.config)
     worker_index: int | None = getattr(args, "worker_index", None)
-    setup_logging(settings.log_level, worker_index)
+    if worker_index is not None:
+        from mtproxy.ops.workers import run_worker
+
+        return run_worker(worker_index)
+    settings = load_settings(vars(args), args.config)
+    setup_logging(settings.log_level)
     settings = ensure_secrets(settings)
 
     def reloader() -> Settings:
         return ensure_secrets(load_settings(vars(args), args.config))
 
-    if worker_index is not None:
-        from mtproxy.ops.workers import ENV, WorkerSpec
-
-        try:
-            spec = WorkerSpec.decode(worker_index, os.environ.get(ENV, ""))
-        except ValueError as exc:
-            raise CliError(f"--worker-index is for the supervisor's use only ({exc})") from None
-        return run_until_signal(
-            serve(settings, reloader=reloader, worker=spec), settings.event_loop
-        )
-    if settings.workers > 1:
-        from mtproxy.ops.workers import cli_args, supervise
-
-        return asyncio.run(supervise(settings, cli_args(args), reloader))
     return run_until_signal(serve(settings, reloader=reloader), settings.event_loop)
 
 
@@ -212,55 +201,61 @@ async def serve(
     settings: Settings,
     *,
     ready: Callable[[ProxyServer], None] | None = None,
+    links: bool = True,
     reloader: Callable[[], Settings] | None = None,
-    worker: WorkerSpec | None = None,
+    worker: WorkerLink | None = None,
 ) -> int:
+    """Run until SIGINT/SIGTERM; ``links=False`` when the caller has printed them already.
+
+    With ``settings.workers > 1`` this process becomes the supervisor of that many
+    workers (``ready`` then gets the supervisor, which has ``addresses`` too);
+    ``worker`` is set in a worker, which gets its sockets and peers from there.
+    """
     loop = asyncio.get_running_loop()
     # Signals are caught from the start: a stop during start-up still ends cleanly.
     stopper = StopSignal()
-    stopper.install(loop, ignore_sigint=worker is not None)
-    link: WorkerLink | None = None
+    stopper.install(loop, worker=worker is not None)
+    if worker is None and settings.workers > 1:
+        from mtproxy.ops.workers import supervise
+
+        return await supervise(settings, stopper, reloader=reloader, ready=ready, links=links)
     if worker is None:
         try:
             socks = bind_listeners(settings)
         except ListenError as exc:
             raise CliError(str(exc)) from None
     else:
-        from mtproxy.ops.workers import WorkerLink
-
-        link = WorkerLink(worker)
-        await link.connect()
-        socks = link.sockets
+        await worker.connect()
+        socks = worker.sockets
     server = OpsServer(
         settings,
         listen_sockets=socks,
-        replay=link.replay if link else None,
-        ledger=link.ledger if link else None,
-        worker_index=worker.index if worker else None,
+        replay=worker.replay if worker else None,
+        ledger=worker.ledger if worker else None,
+        worker_index=worker.spec.index if worker else None,
     )
     await server.start()
     addresses = server.addresses
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
     log.log(
-        logging.INFO if link is None else logging.DEBUG,
+        logging.INFO if worker is None else logging.DEBUG,
         "listening on %s (modes: %s; %s; %s loop)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
         "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
         type(loop).__module__.split(".")[0],
     )
-    if link is None:
+    if links and worker is None:
         host = await link_host(settings)
         print(format_links(settings, host, addresses[0][1]), flush=True)
-    else:
-        link.server = server
-        link.ready()
+    if worker is not None:
+        worker.started(server)
     if ready is not None:
         ready(server)
     return await run_until_stopped(
         server,
         stopper,
         reloader=reloader,
-        stats=local_stats(server) if link is None else None,
-        lost=link.channel.closed if link is not None and link.channel else None,
+        stats=local_stats(server) if worker is None else None,
+        lost=worker.lost if worker is not None else None,
     )

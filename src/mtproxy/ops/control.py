@@ -21,7 +21,7 @@ log = logging.getLogger("mtproxy.control")
 
 Message = dict[str, Any]
 Handler = Callable[[Message], Awaitable[Message | None]]
-_LEN = struct.Struct(">I")
+LENGTH = struct.Struct(">I")
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -46,7 +46,7 @@ class Channel:
         if self.closed.is_set():
             raise ConnectionError("control channel closed")
         data = json.dumps(message, separators=(",", ":")).encode()
-        self.writer.write(_LEN.pack(len(data)) + data)
+        self.writer.write(LENGTH.pack(len(data)) + data)
 
     def request(self, message: Message) -> asyncio.Future[Message]:
         """Send a request; the future gets the reply (or ConnectionError if the peer goes)."""
@@ -71,8 +71,8 @@ class Channel:
     async def _read_loop(self) -> None:
         try:
             while True:
-                head = await self.reader.readexactly(_LEN.size)
-                (size,) = _LEN.unpack(head)
+                head = await self.reader.readexactly(LENGTH.size)
+                (size,) = LENGTH.unpack(head)
                 if size > MAX_MESSAGE:
                     raise ConnectionError(f"control message of {size} bytes")
                 message: Message = json.loads(await self.reader.readexactly(size))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -142,9 +141,6 @@ class UserRegistry:
     def by_stats(self, stats: UserStats) -> UserState:
         return self.states[stats.name]
 
-    def quota_users(self) -> list[UserState]:
-        return [s for s in self.states.values() if s.config is not None and s.config.quota]
-
     def named(self) -> list[UserState]:
         """Users from [[users]] (not the anonymous secrets), including removed ones."""
         return [s for s in self.states.values() if not s.anonymous]
@@ -253,7 +249,3 @@ def save_usage(data_dir: Path, totals: dict[str, int]) -> None:
         atomic_write(data_dir / USAGE_FILE, json.dumps(totals, indent=1).encode() + b"\n")
     except (OSError, StateError) as exc:
         log.warning("cannot save quota usage in %s: %s", data_dir, exc)
-
-
-def now() -> float:
-    return time.time()

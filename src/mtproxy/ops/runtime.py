@@ -40,30 +40,49 @@ def reload_now(server: OpsServer, reloader: Reloader) -> bool:
 
 
 class StopSignal:
-    """SIGTERM/SIGINT handler. First signal: drain. Second: close everything now."""
+    """SIGTERM/SIGINT handler, installed before anything starts.
+
+    First signal: drain. Second: ``force`` (close every session now, or in a supervisor
+    tell the workers the same).
+    """
 
     def __init__(self) -> None:
         self.requested = asyncio.Event()
-        self.server: OpsServer | None = None
+        self.force: Callable[[], None] | None = None
         self.signals: list[int] = []
 
-    def install(self, loop: asyncio.AbstractEventLoop, *, ignore_sigint: bool = False) -> None:
-        """Workers leave SIGINT (a terminal's Ctrl-C hits the group) to their supervisor."""
-        self.signals = [signal.SIGTERM] if ignore_sigint else [signal.SIGTERM, signal.SIGINT]
-        if ignore_sigint:
+    def install(self, loop: asyncio.AbstractEventLoop, *, worker: bool = False) -> None:
+        """A worker leaves SIGINT (Ctrl-C reaches the whole group) and SIGHUP (the
+        supervisor re-reads the configuration and sends it) to its supervisor."""
+        self.signals = [signal.SIGTERM] if worker else [signal.SIGTERM, signal.SIGINT]
+        if worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for sig in self.signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self)
+        if not worker:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, _too_early)
 
     def __call__(self) -> None:
         if not self.requested.is_set():
             self.requested.set()
-            return
-        if self.server is not None:
-            log.info("second stop signal: closing %d sessions now", len(self.server.sessions))
-            for client in list(self.server.sessions):
-                client.close(abort=True)
+        elif self.force is not None:
+            self.force()
+
+
+def _too_early() -> None:
+    log.warning("SIGHUP before start-up finished; send it again to reload")
+
+
+def force_close(server: OpsServer) -> Callable[[], None]:
+    def force() -> None:
+        log.info("second stop signal: closing %d sessions now", len(server.sessions))
+        for client in list(server.sessions):
+            client.close(abort=True)
+
+    return force
 
 
 def local_stats(server: OpsServer) -> StatsServer | None:
@@ -87,11 +106,13 @@ async def run_until_stopped(
 ) -> int:
     """Serve until a stop signal (or ``lost``: the supervisor went away), then drain."""
     loop = asyncio.get_running_loop()
-    stopper.server = server
-    if reloader is not None:
+    stopper.force = force_close(server)
+    if lost is None:  # not a worker: SIGHUP is ours
 
         def on_hup() -> None:
-            if reload_now(server, reloader) and stats is not None:
+            if reloader is None:
+                log.warning("SIGHUP: this proxy was started without a configuration to reload")
+            elif reload_now(server, reloader) and stats is not None:
                 stats.allow = tuple(server.settings.stats_allow) or DEFAULT_ALLOW
 
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -1,42 +1,48 @@
 """``--workers N``: a supervisor process and N workers sharing the listening port.
 
-The supervisor binds nothing it serves itself. For each worker it opens listening
-sockets with SO_REUSEPORT on the same addresses (so the kernel spreads connections
-over the workers), a control socketpair, and shares one replay-cache region with
-all of them; then it re-executes ``mtproxy run`` with the same options plus
-``--worker-index`` and hands those file descriptors over. A worker that dies has
-its sockets closed with it, so new clients go to the others until the supervisor
-starts a replacement (with backoff when it keeps dying).
+The supervisor serves no client itself. For each worker it opens listening sockets
+with SO_REUSEPORT on the same addresses (so the kernel spreads connections over the
+workers), a control socketpair, and shares one replay-cache region with all of
+them; then it starts ``mtproxy run --worker-index I`` with those file descriptors
+and sends the worker its settings, the first message on the socketpair. Settings
+only ever come from the supervisor, so every worker runs the same configuration
+however the supervisor got it (command line, file, the container's variables). A
+worker that dies has its sockets closed with it, so new clients go to the others
+until the supervisor starts a replacement (with backoff when it keeps dying).
 
 The supervisor also: serves the stats port (asking every worker for a snapshot
 and summing them), owns the ledger that makes per-user limits exact across
-workers, forwards SIGHUP (after checking that the new configuration loads) and
-turns SIGTERM/SIGINT into a drain of every worker.
+workers, re-reads the configuration on SIGHUP and sends it to the workers (a file
+that does not load changes nothing), and turns SIGTERM/SIGINT into a drain of every
+worker.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import json
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtproxy.config.settings import OPTIONS, Settings
-from mtproxy.ops.control import Channel, Message
+from mtproxy.cli import CliError
+from mtproxy.config.settings import Settings
+from mtproxy.ops.control import LENGTH, MAX_MESSAGE, Channel, Message
 from mtproxy.ops.limits import Ledger, load_usage, save_usage
 from mtproxy.ops.replay_shared import SharedReplayCache, create_region
-from mtproxy.ops.runtime import Reloader
-from mtproxy.ops.server import RESTART_ONLY
+from mtproxy.ops.runtime import Reloader, StopSignal, reload_now
+from mtproxy.ops.server import RESTART_ONLY, OpsServer
 from mtproxy.ops.snapshot import Snapshot, merge, take
 from mtproxy.ops.stats_server import DEFAULT_ALLOW, StatsServer, StatsView
 from mtproxy.protocol.dc import Endpoint, format_endpoint
@@ -53,6 +59,18 @@ _RETIRED_COUNTERS = (
     "connections_total", "bytes_from_clients", "bytes_to_clients", "upstream_connects",
     "upstream_failures", "masked", "accept_refused", "proxy_protocol_errors", "quota_closed",
 )  # fmt: skip
+
+
+def encode_settings(settings: Settings) -> str:
+    """Settings for a worker (pickle: parent and child run the same code)."""
+    return base64.b64encode(pickle.dumps(settings)).decode()
+
+
+def decode_settings(text: str) -> Settings:
+    settings = pickle.loads(base64.b64decode(text))
+    if not isinstance(settings, Settings):
+        raise ValueError("the supervisor sent something other than settings")
+    return settings
 
 
 # -- the worker's side -----------------------------------------------------------------------
@@ -138,47 +156,65 @@ class WorkerLink:
         self.spec = spec
         self.sockets = [socket.socket(fileno=fd) for fd in spec.listen]
         self.replay = SharedReplayCache(spec.replay)
-        self.server: Any = None
+        self.control = socket.socket(fileno=spec.control)
+        self.server: OpsServer | None = None
         self.channel: Channel | None = None
         self.ledger: RemoteLedger | None = None
+        self.lost = asyncio.Event()
+
+    def read_settings(self) -> Settings:
+        """The first message, read before any event loop exists (it says which loop)."""
+        head = self.control.recv(LENGTH.size, socket.MSG_WAITALL)
+        if len(head) != LENGTH.size:
+            raise ConnectionError("the supervisor closed the channel")
+        (size,) = LENGTH.unpack(head)
+        if size > MAX_MESSAGE:
+            raise ConnectionError("oversized first message")
+        body = self.control.recv(size, socket.MSG_WAITALL)
+        message = json.loads(body)
+        if message.get("op") != "config":
+            raise ConnectionError(f"expected the settings, got {message.get('op')!r}")
+        return decode_settings(str(message["settings"]))
 
     async def connect(self) -> None:
-        sock = socket.socket(fileno=self.spec.control)
-        self.channel = await Channel.open(sock, self._handle)
+        self.control.setblocking(False)
+        self.channel = await Channel.open(self.control, self._handle)
         self.ledger = RemoteLedger(self.channel)
+        self.lost = self.channel.closed
 
     async def _handle(self, message: Message) -> Message | None:
-        if message.get("op") == "stats" and self.server is not None:
-            return {"snapshot": take(self.server)}
+        op = message.get("op")
+        server = self.server
+        if server is None:
+            return None
+        if op == "stats":
+            return {"snapshot": take(server)}
+        if op == "reload":
+            settings = decode_settings(str(message["settings"]))
+            reload_now(server, lambda: settings)
         return None
 
-    def ready(self) -> None:
+    def started(self, server: OpsServer) -> None:
+        self.server = server
         assert self.channel is not None
         self.channel.send({"op": "ready", "pid": os.getpid()})
 
 
+def run_worker(index: int) -> int:
+    """``mtproxy run --worker-index I``: settings, sockets and peers come from the supervisor."""
+    from mtproxy.cli.run import run_until_signal, serve, setup_logging
+
+    try:
+        spec = WorkerSpec.decode(index, os.environ.get(ENV, ""))
+        link = WorkerLink(spec)
+        settings = link.read_settings()
+    except (ValueError, OSError) as exc:
+        raise CliError(f"--worker-index is for the supervisor's use only ({exc})") from None
+    setup_logging(settings.log_level, index)
+    return run_until_signal(serve(settings, worker=link), settings.event_loop)
+
+
 # -- the supervisor --------------------------------------------------------------------------
-
-
-def cli_args(namespace: argparse.Namespace) -> list[str]:
-    """The ``mtproxy run`` options that produced ``namespace``, for the workers' command line."""
-    out: list[str] = []
-    config = getattr(namespace, "config", None)
-    if config is not None:
-        out += ["--config", str(config)]
-    for opt in OPTIONS:
-        value = getattr(namespace, opt.field, None)
-        if value is None or not opt.flags:
-            continue
-        flag = next(f for f in opt.flags if f.startswith("--"))
-        if opt.switch:
-            out.append(flag if value else "--no-" + flag[2:])
-        elif opt.repeat:
-            for item in value:
-                out += [flag, str(item)]
-        else:
-            out += [flag, str(value)]
-    return out
 
 
 @dataclass(eq=False)
@@ -197,12 +233,10 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        argv: Sequence[str],
-        reloader: Reloader,
+        reloader: Reloader | None,
         listen_sockets: list[socket.socket],
     ) -> None:
         self.settings = settings
-        self.argv = list(argv)
         self.reloader = reloader
         self.first_sockets: list[socket.socket] | None = listen_sockets
         self.endpoints: list[Endpoint] = [
@@ -217,6 +251,7 @@ class Supervisor:
         self.started = time.time()
         self.stopping = False
         self.stop_requested = asyncio.Event()
+        self.stopper: StopSignal | None = None
         self.stats: StatsServer | None = None
         self.retired: Snapshot | None = None
         self._watchers: set[asyncio.Task[None]] = set()
@@ -251,8 +286,7 @@ class Supervisor:
         for sock in (*socks, theirs):
             sock.set_inheritable(True)
         env = dict(os.environ, **{ENV: spec.encode()})
-        cmd = [sys.executable, "-m", "mtproxy", "run", *self.argv,
-               "--worker-index", str(worker.index)]  # fmt: skip
+        cmd = [sys.executable, "-m", "mtproxy", "run", "--worker-index", str(worker.index)]
         worker.ready = asyncio.Event()
         try:
             worker.proc = await asyncio.create_subprocess_exec(
@@ -268,6 +302,7 @@ class Supervisor:
             return await self._handle(worker, message)
 
         worker.channel = await Channel.open(ours, handle)
+        worker.channel.send({"op": "config", "settings": encode_settings(self.settings)})
         task = asyncio.get_running_loop().create_task(self._watch(worker))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
@@ -394,12 +429,12 @@ class Supervisor:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, stopper: StopSignal) -> None:
         for worker in self.workers:
             await self._spawn(worker)
         loop = asyncio.get_running_loop()
         ready = loop.create_task(self._all_ready_wait())
-        stop = loop.create_task(self.stop_requested.wait())
+        stop = loop.create_task(_first(self.stop_requested, stopper.requested))
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -411,6 +446,8 @@ class Supervisor:
             ready.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ready
+            if stopper.requested.is_set():
+                raise RuntimeError("stopped while the workers were starting")
             raise RuntimeError("workers did not start; see the log above")
         if self.settings.stats is not None:
             self.stats = StatsServer(self.settings.stats, self.collect, self.settings.stats_allow)
@@ -424,10 +461,18 @@ class Supervisor:
                 host, port = self.stats.address
                 log.info("stats on http://%s/stats and /metrics", f"{host}:{port}")
 
+    @property
+    def addresses(self) -> list[Endpoint]:
+        """Where clients connect (what a ``ready`` callback reads)."""
+        return list(self.endpoints)
+
     def reload(self) -> None:
+        if self.reloader is None:
+            log.warning("SIGHUP: this proxy was started without a configuration to reload")
+            return
         try:
             settings = self.reloader()
-        except Exception as exc:
+        except Exception as exc:  # a reload must never kill the supervisor
             log.error("reload failed, workers keep the running configuration: %s", exc)
             return
         for name in RESTART_ONLY:
@@ -437,8 +482,12 @@ class Supervisor:
         self.settings = dataclasses.replace(settings, **keep)
         if self.stats is not None:
             self.stats.allow = tuple(settings.stats_allow) or DEFAULT_ALLOW
-        log.info("configuration checked; telling %d workers to reload", len(self.workers))
-        self._signal_all(signal.SIGHUP)
+        message = {"op": "reload", "settings": encode_settings(self.settings)}
+        for worker in self.workers:
+            if worker.channel is not None:
+                with contextlib.suppress(ConnectionError):
+                    worker.channel.send(message)
+        log.info("configuration reloaded; sent to %d workers", len(self.workers))
 
     def _signal_all(self, sig: int) -> None:
         for worker in self.workers:
@@ -446,21 +495,18 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.send_signal(sig)
 
-    def request_stop(self) -> None:
-        if self.stop_requested.is_set():
-            self._signal_all(signal.SIGTERM)  # a second signal: workers stop draining
-        self.stop_requested.set()
-
-    async def run(self) -> int:
+    async def run(self, stopper: StopSignal) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        stopper.force = lambda: self._signal_all(signal.SIGTERM)  # workers: second signal
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         saver = loop.create_task(self._save_loop())
+        waiters = [loop.create_task(stopper.requested.wait()),
+                   loop.create_task(self.stop_requested.wait())]  # fmt: skip
         try:
-            await self.stop_requested.wait()
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            saver.cancel()
+            for task in (saver, *waiters):
+                task.cancel()
             await self.shutdown()
         return 0
 
@@ -507,9 +553,15 @@ class Supervisor:
         os.close(self.replay_fd)
 
 
-async def supervise(settings: Settings, argv: Sequence[str], reloader: Reloader) -> int:
-    """The supervisor's whole life (``mtproxy run --workers N`` with N > 1)."""
-    from mtproxy.cli import CliError
+async def supervise(
+    settings: Settings,
+    stopper: StopSignal,
+    *,
+    reloader: Reloader | None = None,
+    ready: Callable[[Any], None] | None = None,
+    links: bool = True,
+) -> int:
+    """The supervisor's whole life (``serve`` with ``workers > 1``)."""
     from mtproxy.cli.run import bind_listeners, format_links, link_host
     from mtproxy.proxy.server import ListenError
 
@@ -517,9 +569,9 @@ async def supervise(settings: Settings, argv: Sequence[str], reloader: Reloader)
         socks = bind_listeners(settings, reuse_port=True)
     except ListenError as exc:
         raise CliError(str(exc)) from None
-    supervisor = Supervisor(settings, argv, reloader, socks)
+    supervisor = Supervisor(settings, reloader, socks)
     try:
-        await supervisor.start()
+        await supervisor.start(stopper)
     except RuntimeError as exc:
         await supervisor.shutdown()
         raise CliError(str(exc)) from None
@@ -527,6 +579,18 @@ async def supervise(settings: Settings, argv: Sequence[str], reloader: Reloader)
         "%d workers listening on %s",
         len(supervisor.workers), ", ".join(format_endpoint(e) for e in supervisor.endpoints),
     )
-    host = await link_host(settings)
-    print(format_links(settings, host, supervisor.endpoints[0][1]), flush=True)
-    return await supervisor.run()
+    if links:
+        host = await link_host(settings)
+        print(format_links(settings, host, supervisor.endpoints[0][1]), flush=True)
+    if ready is not None:
+        ready(supervisor)
+    return await supervisor.run(stopper)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
