@@ -508,7 +508,8 @@ class Supervisor:
             for task in (saver, *waiters):
                 task.cancel()
             await self.shutdown()
-        return 0
+        # stop_requested is only ever set on a failure (a worker that cannot be restarted).
+        return 1 if self.stop_requested.is_set() and not stopper.requested.is_set() else 0
 
     async def _save_loop(self) -> None:
         """Keep usage on disk, and every worker's last snapshot fresh: a worker that dies
