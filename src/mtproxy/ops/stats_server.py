@@ -90,16 +90,18 @@ class StatsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            peer = writer.get_extra_info("peername")
-            if not peer or not allowed(peer[0], self.allow):
-                await self._reply(writer, 403, "text/plain", b"forbidden\n")
-                return
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     head = await reader.readuntil(b"\r\n\r\n")
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
                 return
             if len(head) > MAX_REQUEST:
+                return
+            # The request is read first even when refused: closing with unread bytes
+            # would reset the connection before the client sees the 403.
+            peer = writer.get_extra_info("peername")
+            if not peer or not allowed(peer[0], self.allow):
+                await self._reply(writer, 403, "text/plain", b"forbidden\n")
                 return
             parts = head.split(b"\r\n", 1)[0].split()
             if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
