@@ -52,6 +52,7 @@ test-compat: $(COMPAT)/.installed
 ## bench: the performance table (not a test; numbers vary with the machine)
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/workers.py $(ARGS)
 
 ## image: the container image, built offline (private engine, debootstrap builder, local
 ##        wheels); saved as dist/mtproxy-image.tar, prints its compressed and unpacked sizes.

@@ -89,7 +89,8 @@ def proxy_command(port: int, dc_port: int, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
            "--event-loop", EVENT_LOOP,
            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
-           "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600"]
+           "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600",
+           "--stats", "off"]
     for dc in (DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE):
         cmd += ["--dc", f"{dc}=127.0.0.1:{dc_port}"]
     return cmd + extra

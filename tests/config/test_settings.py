@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mtproxy.config.settings import (
     add_arguments,
     load_settings,
 )
+from mtproxy.ops.users import UserConfig
 from mtproxy.protocol.secret import ClientSecret, Mode
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -165,12 +167,54 @@ CASES: dict[str, Case] = {
 }
 
 
+CASES.update({
+    "event_loop": Case(
+        cli_good=[(["--event-loop", "asyncio"], "asyncio"),
+                  (["--event-loop", " UVLOOP"], "uvloop")],
+        cli_bad=[["--event-loop", "tokio"], ["--event-loop", ""]],
+        toml_good=[('event_loop = "auto"', "auto")],
+        toml_bad=['event_loop = "trio"', "event_loop = 1"],
+    ),
+    "workers": ints("--workers", "workers", 1, 256),
+    "stats": Case(
+        cli_good=[(["--stats", "0.0.0.0:9000"], ("0.0.0.0", 9000)), (["--stats", "off"], None),
+                  (["--stats", "[::1]"], ("::1", 2398))],
+        cli_bad=[["--stats", "h:x"], ["--stats", "h:99999"]],
+        toml_good=[('stats = "127.0.0.1:1"', ("127.0.0.1", 1))],
+        toml_bad=["stats = 1", 'stats = "[::1"'],
+    ),
+    "stats_allow": Case(
+        cli_good=[(["--stats-allow", "10.0.0.0/8", "--stats-allow", "::1"],
+                   (ip_network("10.0.0.0/8"), ip_network("::1/128")))],
+        cli_bad=[["--stats-allow", "10.0.0.0/33"], ["--stats-allow", "local"]],
+        toml_good=[('stats_allow = ["192.168.1.7"]', (ip_network("192.168.1.7/32"),))],
+        toml_bad=['stats_allow = ["nope"]', "stats_allow = [1]"],
+    ),
+    "max_connections": ints("--max-connections", "max_connections", 0, 10_000_000),
+    "proxy_protocol": switch("--proxy-protocol", "proxy_protocol"),
+    "socks5": Case(
+        cli_good=[(["--socks5", "socks5://u:p@127.0.0.1:1080"], "socks5://u:p@127.0.0.1:1080"),
+                  (["--socks5", "off"], None)],
+        cli_bad=[["--socks5", "http://h:1"], ["--socks5", "socks5://h"]],
+        toml_good=[('socks5 = "socks5h://proxy.example:1080"', "socks5h://proxy.example:1080")],
+        toml_bad=["socks5 = 1", 'socks5 = "socks5://:1080"'],
+    ),
+    "shutdown_grace": floats("--shutdown-grace", "shutdown_grace", 0, 3600),
+    "users": Case(
+        toml_good=[(f'[[users]]\nname = "a"\nsecret = "{HEX}"',
+                    (UserConfig("a", ClientSecret(KEY, Mode.CLASSIC)),))],
+        toml_bad=["users = 1", '[[users]]\nname = "a"', f'[[users]]\nname = "a"\nsecret = "{HEX}"'
+                  '\nquota = "much"', f'[[users]]\nname = "a"\nsecret = "{HEX}"\nspeed = 1'],
+    ),
+})
+
+
 def test_every_option_has_cases() -> None:
     assert set(CASES) == {opt.field for opt in OPTIONS}
     for name, case in CASES.items():
         assert case.toml_good and case.toml_bad, name
         opt = next(o for o in OPTIONS if o.field == name)
-        assert opt.switch or (case.cli_good and case.cli_bad), name
+        assert opt.switch or not opt.flags or (case.cli_good and case.cli_bad), name
 
 
 def parse_cli(argv: list[str]) -> Settings:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import logging
-import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtproxy.cli import CliError
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
+from mtproxy.ops.runtime import StopSignal, local_stats, run_until_stopped
+from mtproxy.ops.server import OpsServer
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
 from mtproxy.proxy.server import ListenError, ProxyServer
@@ -24,8 +24,12 @@ from mtproxy.proxy.sockets import listening_socket
 from mtproxy.publicip import detect_public_ip, local_outbound_ip
 from mtproxy.state import StateError, load_or_create_secrets
 
+if TYPE_CHECKING:
+    from mtproxy.ops.workers import WorkerLink
+
 log = logging.getLogger("mtproxy")
 FALLBACK_PORT = 8443
+MAX_USER_LINKS = 20
 
 
 def register(sub: Any) -> None:
@@ -36,27 +40,42 @@ def register(sub: Any) -> None:
         "t.me links. Command-line options override the TOML --config file.",
     )
     add_arguments(parser)
+    # How the supervisor of --workers N starts its workers (they get their settings from it).
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=main)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, worker: int | None = None) -> None:
+    tag = "" if worker is None else f" [worker {worker}]"
     logging.basicConfig(
         level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    worker_index: int | None = getattr(args, "worker_index", None)
+    if worker_index is not None:
+        from mtproxy.ops.workers import run_worker
+
+        return run_worker(worker_index)
     settings = load_settings(vars(args), args.config)
     setup_logging(settings.log_level)
     settings = ensure_secrets(settings)
-    return run_until_signal(serve(settings), settings.event_loop)
+
+    def reloader() -> Settings:
+        return ensure_secrets(load_settings(vars(args), args.config))
+
+    return run_until_signal(serve(settings, reloader=reloader), settings.event_loop)
 
 
 def ensure_secrets(settings: Settings) -> Settings:
-    """Use the configured secrets, else the stored ones, else generate and store one."""
-    if settings.secrets:
+    """Use the configured secrets, else the stored ones, else generate and store one.
+
+    Named users bring their own secrets; then nothing is generated.
+    """
+    if settings.secrets or settings.users:
         return settings
     try:
         keys, created = load_or_create_secrets(settings.data_dir)
@@ -93,7 +112,7 @@ def run_until_signal(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
         return runner.run(main)
 
 
-def bind_listeners(settings: Settings) -> list[socket.socket]:
+def bind_listeners(settings: Settings, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind the configured addresses; the defaults degrade gracefully.
 
     With no --listen given: a host without IPv6 just skips [::], and when port 443
@@ -102,7 +121,8 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
 
     def bind(endpoint: Endpoint) -> socket.socket:
         return listening_socket(
-            endpoint, backlog=settings.backlog, keepalive=settings.keepalive
+            endpoint, backlog=settings.backlog, keepalive=settings.keepalive,
+            reuse_port=reuse_port,
         )
 
     socks: list[socket.socket] = []
@@ -166,6 +186,14 @@ def format_links(settings: Settings, host: str, port: int) -> str:
         for link in links_for(host, port, secret.key, settings.modes, list(settings.tls_domains)):
             lines.append(f"  {link.secret.mode.value:<7} {link.tg}")
             lines.append(f"  {'':<7} {link.https}")
+    if len(settings.users) > MAX_USER_LINKS:
+        lines.append(f"{len(settings.users)} users from the configuration (links not printed)")
+        return "\n".join(lines)
+    for user in settings.users:
+        lines.append(f"user {user.name}: {user.secret.key.hex()}")
+        for link in links_for(host, port, user.secret.key, settings.modes,
+                              list(settings.tls_domains)):
+            lines.append(f"  {link.secret.mode.value:<7} {link.tg}")
     return "\n".join(lines)
 
 
@@ -174,34 +202,60 @@ async def serve(
     *,
     ready: Callable[[ProxyServer], None] | None = None,
     links: bool = True,
+    reloader: Callable[[], Settings] | None = None,
+    worker: WorkerLink | None = None,
 ) -> int:
-    """Run until SIGINT/SIGTERM; ``links=False`` when the caller has printed them already."""
-    stop = asyncio.Event()
+    """Run until SIGINT/SIGTERM; ``links=False`` when the caller has printed them already.
+
+    With ``settings.workers > 1`` this process becomes the supervisor of that many
+    workers (``ready`` then gets the supervisor, which has ``addresses`` too);
+    ``worker`` is set in a worker, which gets its sockets and peers from there.
+    """
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        socks = bind_listeners(settings)
-    except ListenError as exc:
-        raise CliError(str(exc)) from None
-    server = ProxyServer(settings, listen_sockets=socks)
+    # Signals are caught from the start: a stop during start-up still ends cleanly.
+    stopper = StopSignal()
+    stopper.install(loop, worker=worker is not None)
+    if worker is None and settings.workers > 1:
+        from mtproxy.ops.workers import supervise
+
+        return await supervise(settings, stopper, reloader=reloader, ready=ready, links=links)
+    if worker is None:
+        try:
+            socks = bind_listeners(settings)
+        except ListenError as exc:
+            raise CliError(str(exc)) from None
+    else:
+        await worker.connect()
+        socks = worker.sockets
+    server = OpsServer(
+        settings,
+        listen_sockets=socks,
+        replay=worker.replay if worker else None,
+        ledger=worker.ledger if worker else None,
+        worker_index=worker.spec.index if worker else None,
+    )
     await server.start()
     addresses = server.addresses
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
-    log.info(
+    log.log(
+        logging.INFO if worker is None else logging.DEBUG,
         "listening on %s (modes: %s; %s; %s loop)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
         "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
         type(loop).__module__.split(".")[0],
     )
-    if links:
+    if links and worker is None:
         host = await link_host(settings)
         print(format_links(settings, host, addresses[0][1]), flush=True)
+    if worker is not None:
+        worker.started(server)
     if ready is not None:
         ready(server)
-    await stop.wait()
-    log.info("stopping")
-    await server.stop()
-    return 0
+    return await run_until_stopped(
+        server,
+        stopper,
+        reloader=reloader,
+        stats=local_stats(server) if worker is None else None,
+        lost=worker.lost if worker is not None else None,
+    )

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mtproxy.protocol.dc import DcSpecError, Endpoint, parse_dc_override, parse_endpoint
 from mtproxy.protocol.errors import SecretError
@@ -162,6 +163,34 @@ def url(value: Any) -> str:
     text = as_str(value).strip()
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"{text!r} is not an http(s) URL; write e.g. https://api.ipify.org")
+    return text
+
+
+def network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or CIDR block, e.g. 10.0.0.0/8 or ::1."""
+    text = as_str(value).strip()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        msg = f"{text!r} is not an IP address or CIDR block; write e.g. 10.0.0.0/8"
+        raise ValueError(msg) from None
+
+
+def socks_url(value: Any) -> str | None:
+    """``socks5://[user:password@]host:port`` (``socks5h`` resolves names on the proxy)."""
+    text = as_str(value).strip()
+    if text.lower() in ("", "off", "none", "no"):
+        return None
+    parsed = urlsplit(text)
+    fix = "write socks5://[user:password@]host:port"
+    if parsed.scheme.lower() not in ("socks5", "socks5h"):
+        raise ValueError(f"{text!r} is not a SOCKS5 URL; {fix}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None or port == 0:
+        raise ValueError(f"{text!r} needs a host and a port; {fix}")
     return text
 
 

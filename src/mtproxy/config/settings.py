@@ -12,14 +12,17 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
 from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
+from mtproxy.ops.users import UserConfig, check_unique, user_entry
 from mtproxy.protocol.dc import Endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode
 
+IPNetwork = IPv4Network | IPv6Network
 ALL_MODES = frozenset(Mode)
 DEFAULT_TLS_DOMAIN = "www.google.com"
 DEFAULT_IP_SERVICES = (
@@ -66,10 +69,21 @@ class Settings:
     backlog: int = 1024
     log_level: str = "INFO"
     event_loop: str = "auto"
+    workers: int = 1
+    stats: Endpoint | None = ("127.0.0.1", 2398)
+    #: Who may read the stats port; empty means loopback and private networks.
+    stats_allow: tuple[IPNetwork, ...] = ()
+    #: Client connections per worker (0: no cap).
+    max_connections: int = 0
+    proxy_protocol: bool = False
+    socks5: str | None = None
+    shutdown_grace: float = 20.0
+    users: tuple[UserConfig, ...] = ()
 
     @property
     def secret_keys(self) -> list[bytes]:
-        return [s.key for s in self.secrets]
+        """Every secret a client may use: the anonymous ones, then each user's."""
+        return [s.key for s in self.secrets] + [u.secret.key for u in self.users]
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,25 @@ OPTIONS: list[Option] = [
            metavar="LEVEL"),
     Option("event_loop", ("--event-loop",), cv.choice("auto", "uvloop", "asyncio"),
            "auto (uvloop when installed), uvloop or asyncio", metavar="LOOP"),
+    Option("workers", ("--workers", "-M"), cv.int_range(1, 256), "worker processes sharing "
+           "the listening port (one per core is a good start; default 1)", metavar="N"),
+    Option("stats", ("--stats",), cv.optional_endpoint(2398), "where /stats and /metrics "
+           "are served (default 127.0.0.1:2398; 'off' to disable)", metavar="HOST:PORT"),
+    Option("stats_allow", ("--stats-allow",), cv.network, "address or CIDR block allowed to "
+           "read the stats port (repeatable; default loopback and private networks)",
+           toml="stats_allow", repeat=True, metavar="CIDR"),
+    Option("max_connections", ("--max-connections", "-C", "--max-special-connections"),
+           cv.int_range(0, 10_000_000), "client connections per worker; more are closed "
+           "right after accept (default 0: no cap)", metavar="N"),
+    Option("proxy_protocol", ("--proxy-protocol",), cv.as_bool, "require a PROXY protocol "
+           "v1/v2 header (from a load balancer) on every client connection", switch=True),
+    Option("socks5", ("--socks5",), cv.socks_url, "reach Telegram DCs through this SOCKS5 "
+           "proxy (direct mode), socks5://[user:pass@]host:port", metavar="URL"),
+    Option("shutdown_grace", ("--shutdown-grace",), cv.float_range(0, 3600), "on SIGTERM, "
+           "seconds sessions may drain before they are closed (default 20)",
+           metavar="SECONDS"),
+    Option("users", (), user_entry, "named users with limits ([[users]] tables; TOML only)",
+           toml="users", repeat=True),
 ]
 
 
@@ -147,6 +180,8 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option] = (
     """Register the flags of every option (values stay raw strings; None = not given)."""
     parser.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
     for opt in options or OPTIONS:
+        if not opt.flags:
+            continue
         if opt.switch:
             parser.add_argument(*opt.flags, dest=opt.field, default=None,
                                 action=argparse.BooleanOptionalAction, help=opt.help)
@@ -230,8 +265,12 @@ def finish(values: dict[str, Any], base: Settings) -> Settings:
 def _derive(s: Settings) -> Settings:
     if len(s.secrets) > 16:
         raise ConfigError("secrets", f"{len(s.secrets)} secrets given; at most 16 are supported")
+    try:
+        check_unique(s.users, s.secrets)
+    except ValueError as exc:
+        raise ConfigError("users", str(exc)) from None
     domains = list(s.tls_domains)
-    for secret in s.secrets:
+    for secret in (*s.secrets, *(u.secret for u in s.users)):
         # The handshake compares the client's SNI lowercased.
         name = secret.domain.lower() if secret.domain else None
         if name and name not in domains:

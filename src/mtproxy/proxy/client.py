@@ -19,6 +19,7 @@ from mtproxy.protocol import faketls
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.handshake import Accepted, Rejected, Reply, ServerHandshake
+from mtproxy.protocol.proxy_protocol import ProxyProtocolError, parse_proxy_header
 from mtproxy.protocol.secret import Mode
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.stats import UserStats
@@ -65,6 +66,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "mode",
         "on_data",
         "peername",
+        "proxy_header",
         "reading_paused",
         "records",
         "server",
@@ -87,6 +89,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._sockname: tuple[str, int] | None = None
         self.handshake: ServerHandshake | None = ServerHandshake(server.policy)
         self.on_data: Callable[[memoryview], None] = self._handshake_data
+        #: Bytes of a PROXY protocol header received so far; None when none is expected
+        #: (or once it has been read).
+        self.proxy_header: bytearray | None = None
+        if server.settings.proxy_protocol:
+            self.proxy_header = bytearray()
+            self.on_data = self._proxy_header_data
         self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.upstream: Upstream | None = None
@@ -140,7 +148,9 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.handshake is not None:
+        if self.proxy_header is not None:
+            self.close()
+        elif self.handshake is not None:
             self._reject(Rejected("eof"))
         elif self.upstream is not None:
             self.upstream.write_eof()
@@ -185,6 +195,32 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    # -- PROXY protocol header (behind a load balancer) -----------------------------------
+
+    def _proxy_header_data(self, view: memoryview) -> None:
+        buf = self.proxy_header
+        assert buf is not None
+        buf += view
+        try:
+            header = parse_proxy_header(bytes(buf))
+        except ProxyProtocolError as exc:
+            self.stats.proxy_protocol_errors += 1
+            log.debug("client %s: bad PROXY header: %s", self.peername, exc)
+            self.proxy_header = None
+            self.close(abort=True)
+            return
+        if header is None:
+            return
+        self.proxy_header = None
+        if header.source is not None and header.family in ("INET", "INET6"):
+            self.peername = header.source
+            if header.destination is not None:
+                self.sockname = header.destination
+        self.on_data = self._handshake_data
+        rest = buf[header.header_length :]
+        if rest:
+            self._handshake_data(memoryview(rest))
+
     # -- handshake -----------------------------------------------------------------------
 
     def _handshake_data(self, view: memoryview) -> None:
@@ -201,7 +237,10 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _handshake_timeout(self) -> None:
         self.timer = None
-        if self.handshake is not None and not self.closed:
+        if self.proxy_header is not None:
+            self.stats.proxy_protocol_errors += 1
+            self.close(abort=True)
+        elif self.handshake is not None and not self.closed:
             self._reject(Rejected("timeout"))
 
     def _cancel_timer(self) -> None:
@@ -211,6 +250,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _accept(self, accepted: Accepted) -> None:
         self._cancel_timer()
+        policy = self.handshake.policy if self.handshake is not None else None
         self.handshake = None
         server = self.server
         self.accepted = accepted
@@ -222,7 +262,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.records = accepted.records
         self.early = client.decryptor.update(accepted.leftover) if accepted.leftover else b""
         self.stats.handshakes[(accepted.mode.value, "ok")] += 1
-        user = server.user_for(client.secret_index)
+        user = server.user_for(client.secret_index, policy)
         if not server.admit(self, user):
             self.stats.handshakes[(accepted.mode.value, "refused")] += 1
             self.close()
@@ -323,6 +363,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         user = self.user
         if user is not None:
             user.bytes_from_client += n
+            if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
+                self._over_quota(user)
+                return
         upstream = self.upstream
         if upstream is not None:
             upstream.send(view)
@@ -331,6 +374,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.early += bytes(view)
             if len(self.early) >= EARLY_LIMIT:
                 self.pause_reading()
+
+    def _over_quota(self, user: UserStats) -> None:
+        """The user's data quota ran out mid-session: stop relaying at once."""
+        user.quota_closed += 1
+        self.stats.quota_closed += 1
+        log.info("client %s: user %s is over quota; closing", self.peername, user.name)
+        self.close()
 
     def _mask_data(self, view: memoryview) -> None:
         if self.upstream is not None:
@@ -361,6 +411,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         user = self.user
         if user is not None:
             user.bytes_to_client += n
+            if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
+                self._over_quota(user)
+                return
         buffers = self.buffers
         if isinstance(data, memoryview) and data.obj is buffers.inbuf:
             # A prefix of the shared receive buffer: encrypt in place and write it out,

@@ -49,7 +49,7 @@ class DirectUpstreams:
             server.stats.upstream_connects += 1
             try:
                 async with asyncio.timeout(settings.connect_timeout):
-                    await server.loop.create_connection(
+                    await server.connect_upstream(
                         lambda: PeerConnection(
                             client,
                             deliver,
@@ -58,7 +58,7 @@ class DirectUpstreams:
                             decryptor=decryptor,
                             keepalive=settings.keepalive,
                         ),
-                        *endpoint,
+                        endpoint,
                     )
                 return
             except (OSError, TimeoutError) as exc:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from mtproxy.config.settings import Settings
@@ -41,7 +41,7 @@ class ProxyServer:
         replay: ReplayGuard | None = None,
         listen_sockets: Sequence[socket.socket] = (),
     ) -> None:
-        if not settings.secrets:
+        if not settings.secret_keys:
             raise ValueError("ProxyServer needs at least one secret")
         self.settings = settings
         self.loop = asyncio.get_running_loop()
@@ -53,7 +53,10 @@ class ProxyServer:
         # Entries must outlive every timestamp the time check accepts, which reaches
         # tls_max_future past a hello's arrival plus replay_window after it.
         window = settings.replay_window + settings.tls_max_future
-        self.replay = replay or ReplayCache(settings.replay_cache_size, window)
+        # "is not None": a shared cache that is still empty is falsy (its len() is 0).
+        self.replay = (
+            replay if replay is not None else ReplayCache(settings.replay_cache_size, window)
+        )
         self.policy = HandshakePolicy(
             secrets=settings.secret_keys,
             modes=settings.modes,
@@ -73,7 +76,8 @@ class ProxyServer:
 
     # -- hooks for sessions ------------------------------------------------------------
 
-    def user_for(self, secret_index: int) -> UserStats:
+    def user_for(self, secret_index: int, policy: HandshakePolicy | None = None) -> UserStats:
+        """The user behind a secret index of ``policy`` (the one the handshake ran under)."""
         return self.stats.users[secret_index]
 
     def admit(self, client: ClientConnection, user: UserStats) -> bool:
@@ -82,6 +86,16 @@ class ProxyServer:
 
     def open_upstream(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
         return self.upstreams.open(client, accepted)
+
+    async def connect_upstream(
+        self, factory: Callable[[], asyncio.BaseProtocol], endpoint: Endpoint
+    ) -> None:
+        """Open a TCP connection towards Telegram (a subclass may go through a proxy)."""
+        await self.loop.create_connection(factory, *endpoint)
+
+    def connection_factory(self) -> asyncio.BaseProtocol:
+        """The protocol for one accepted client socket (a subclass may refuse it)."""
+        return ClientConnection(self)
 
     def open_mask(self, client: ClientConnection, raw: bytes) -> asyncio.Task[None]:
         return self.loop.create_task(self._connect_mask(client, raw))
@@ -108,7 +122,7 @@ class ProxyServer:
         socks = self._given_sockets or [self._bind(ep) for ep in settings.listen]
         for sock in socks:
             server = await self.loop.create_server(
-                lambda: ClientConnection(self), sock=sock, backlog=settings.backlog
+                self.connection_factory, sock=sock, backlog=settings.backlog
             )
             self._servers.append(server)
         self._sweeper = self.loop.create_task(self._sweep_idle())

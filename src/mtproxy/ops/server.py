@@ -1,0 +1,351 @@
+"""The proxy server with the operator's features wired into the core's hooks.
+
+- users and their limits (``user_for``/``admit``/``session_closed``; quotas also on
+  the relay path through ``UserStats.bytes_limit``);
+- the per-worker connection cap (``connection_factory``);
+- the upstream SOCKS5 proxy (``connect_upstream``);
+- live reconfiguration (:meth:`OpsServer.apply`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from mtproxy.config.settings import Settings
+from mtproxy.ops.limits import Ledger, UserRegistry, UserState, load_usage, refusal, save_usage
+from mtproxy.ops.socks import Socks5
+from mtproxy.protocol.dc import DcTable, Endpoint
+from mtproxy.protocol.handshake import Accepted, HandshakePolicy
+from mtproxy.protocol.replay import ReplayGuard
+from mtproxy.proxy.client import ClientConnection
+from mtproxy.proxy.direct import DirectUpstreams
+from mtproxy.proxy.server import ProxyServer
+from mtproxy.proxy.stats import UserStats
+
+log = logging.getLogger("mtproxy.ops")
+
+#: How often workers exchange byte counts for quotas (bounds the overshoot across workers).
+QUOTA_SYNC = 0.25
+#: How often usage is written to the data directory.
+SAVE_EVERY = 10.0
+#: Settings that only a restart can change.
+RESTART_ONLY = ("listen", "workers", "stats", "buffer_size", "backlog", "data_dir")
+
+
+class LedgerClient(Protocol):
+    """The server's view of the :class:`Ledger`: in this process, or in the supervisor."""
+
+    local: bool
+
+    def acquire_now(
+        self, user: str, ip: str, max_connections: int | None, max_ips: int | None
+    ) -> str | None: ...
+    async def acquire(
+        self, user: str, ip: str, max_connections: int | None, max_ips: int | None
+    ) -> str | None: ...
+    def release(self, user: str, ip: str) -> None: ...
+    async def sync(self, usage: dict[str, int]) -> dict[str, int]: ...
+    def save(self) -> None: ...
+
+
+class LocalLedger:
+    """One process: the ledger is right here, and this process keeps the usage file."""
+
+    local = True
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.ledger = Ledger(load_usage(data_dir))
+
+    def acquire_now(
+        self, user: str, ip: str, max_connections: int | None, max_ips: int | None
+    ) -> str | None:
+        return self.ledger.acquire(0, user, ip, max_connections, max_ips)
+
+    async def acquire(
+        self, user: str, ip: str, max_connections: int | None, max_ips: int | None
+    ) -> str | None:
+        return self.acquire_now(user, ip, max_connections, max_ips)
+
+    def release(self, user: str, ip: str) -> None:
+        self.ledger.release(0, user, ip)
+
+    async def sync(self, usage: dict[str, int]) -> dict[str, int]:
+        return self.ledger.report(0, usage)
+
+    def save(self) -> None:
+        if self.ledger.dirty:
+            self.ledger.dirty = False
+            save_usage(self.data_dir, self.ledger.totals())
+
+
+class _Refused(asyncio.Protocol):
+    """An accepted socket over the connection cap: closed at once, nothing sent."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class OpsServer(ProxyServer):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        replay: ReplayGuard | None = None,
+        listen_sockets: Sequence[socket.socket] = (),
+        ledger: LedgerClient | None = None,
+        worker_index: int | None = None,
+    ) -> None:
+        super().__init__(settings, replay=replay, listen_sockets=listen_sockets)
+        self.worker_index = worker_index
+        self.registry = UserRegistry()
+        self.ledger: LedgerClient = ledger or LocalLedger(settings.data_dir)
+        #: Sessions counted in the ledger, and those waiting for its verdict.
+        self._held: dict[ClientConnection, UserState] = {}
+        self._pending: dict[ClientConnection, UserState] = {}
+        self.refused: Counter[str] = Counter()
+        self.draining = False
+        self.reloads = 0
+        self.socks: Socks5 | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._install(settings)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def _install(self, settings: Settings) -> tuple[list[str], list[str]]:
+        added, removed = self.registry.load(settings.secrets, settings.users)
+        self.policy = dataclasses.replace(
+            self.policy,
+            secrets=self.registry.table,
+            modes=settings.modes,
+            tls_domains=frozenset(settings.tls_domains),
+            tls_max_past=settings.replay_window,
+            tls_max_future=settings.tls_max_future,
+        )
+        self.stats.users = [state.stats for state in self.registry.live()]
+        self.socks = Socks5(settings.socks5) if settings.socks5 else None
+        for state in self.registry.states.values():
+            self._schedule_expiry(state)
+        return added, removed
+
+    def apply(self, settings: Settings) -> list[str]:
+        """Switch to new settings (SIGHUP): new sessions follow them, live ones go on."""
+        notes = [
+            f"{name} changed; restart to apply it"
+            for name in RESTART_ONLY
+            if getattr(settings, name) != getattr(self.settings, name)
+        ]
+        keep = {name: getattr(self.settings, name) for name in RESTART_ONLY}
+        settings = dataclasses.replace(settings, **keep)
+        self.settings = settings
+        if isinstance(self.upstreams, DirectUpstreams):
+            self.upstreams.dcs = DcTable(settings.dc, settings.prefer_ipv6)
+        self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
+        added, removed = self._install(settings)
+        self.reloads += 1
+        if added:
+            notes.append(f"users added: {', '.join(added)}")
+        if removed:
+            notes.append(f"users removed (their sessions go on): {', '.join(removed)}")
+        if self.ledger.local:
+            self._refresh_quotas(self.ledger_sync_now())
+        return notes
+
+    def _schedule_expiry(self, state: UserState) -> None:
+        if state.expiry_timer is not None:
+            state.expiry_timer.cancel()
+            state.expiry_timer = None
+        config = state.config
+        if config is None or config.expires is None or state.removed:
+            return
+        delay = config.expires - time.time()
+        if delay > 0:
+            state.expiry_timer = self.loop.call_later(delay, self._expire, state)
+
+    def _expire(self, state: UserState) -> None:
+        state.expiry_timer = None
+        if state.sessions:
+            log.info("user %s expired; closing %d sessions", state.name, len(state.sessions))
+        for client in list(state.sessions):
+            client.close()
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def connection_factory(self) -> asyncio.BaseProtocol:
+        cap = self.settings.max_connections
+        if cap and self.stats.connections_active >= cap:
+            self.stats.accept_refused += 1
+            return _Refused()
+        return ClientConnection(self)
+
+    def user_for(self, secret_index: int, policy: HandshakePolicy | None = None) -> UserStats:
+        table = policy.secrets if policy is not None else None
+        return self.registry.owner(secret_index, table).stats
+
+    def admit(self, client: ClientConnection, user: UserStats) -> bool:
+        state = self.registry.by_stats(user)
+        reason = refusal(state, time.time())
+        config = state.config
+        ip = client.peername[0]
+        if reason is None and config is not None and config.limited:
+            if self.ledger.local:
+                reason = self.ledger.acquire_now(
+                    state.name, ip, config.max_connections, config.max_ips
+                )
+                if reason is None:
+                    self._held[client] = state
+            else:
+                self._pending[client] = state
+        if reason is not None:
+            self._count_refusal(state, reason)
+            log.info("client %s: user %s refused (%s)", client.peername, state.name, reason)
+            return False
+        state.ips[ip] += 1
+        state.sessions.add(client)
+        return True
+
+    def _count_refusal(self, state: UserState, reason: str) -> None:
+        state.refused[reason] += 1
+        self.refused[reason] += 1
+
+    def open_upstream(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
+        state = self._pending.get(client)
+        if state is None:
+            return super().open_upstream(client, accepted)
+        return self.loop.create_task(self._admit_then_open(client, accepted, state))
+
+    async def _admit_then_open(
+        self, client: ClientConnection, accepted: Accepted, state: UserState
+    ) -> None:
+        config = state.config
+        assert config is not None
+        try:
+            reason = await self.ledger.acquire(
+                state.name, client.peername[0], config.max_connections, config.max_ips
+            )
+        except ConnectionError:
+            reason = "unavailable"  # the supervisor is gone; this worker is stopping
+        self._pending.pop(client, None)
+        if reason is None and client.closed:
+            self.ledger.release(state.name, client.peername[0])
+            return
+        if reason is not None:
+            self._count_refusal(state, reason)
+            self.stats.handshakes[(accepted.mode.value, "refused")] += 1
+            log.info("client %s: user %s refused (%s)", client.peername, state.name, reason)
+            client.close()
+            return
+        self._held[client] = state
+        await super().open_upstream(client, accepted)
+
+    def session_closed(self, client: ClientConnection) -> None:
+        self._pending.pop(client, None)
+        user = client.user
+        if user is None:
+            return
+        state = self.registry.states.get(user.name)
+        if state is None or client not in state.sessions:
+            return
+        state.sessions.discard(client)
+        ip = client.peername[0]
+        state.ips[ip] -= 1
+        if state.ips[ip] <= 0:
+            del state.ips[ip]
+        if self._held.pop(client, None) is not None:
+            self.ledger.release(state.name, ip)
+
+    async def connect_upstream(
+        self, factory: Callable[[], asyncio.BaseProtocol], endpoint: Endpoint
+    ) -> None:
+        if self.socks is None:
+            await super().connect_upstream(factory, endpoint)
+            return
+        sock = await self.socks.connect(endpoint, self.settings.connect_timeout)
+        try:
+            await self.loop.create_connection(factory, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    # -- quotas --------------------------------------------------------------------------
+
+    def usage(self) -> dict[str, int]:
+        return {state.name: state.relayed for state in self.registry.named()}
+
+    def ledger_sync_now(self) -> dict[str, int]:
+        """Single process only: the ledger answers at once."""
+        assert isinstance(self.ledger, LocalLedger)
+        return self.ledger.ledger.report(0, self._mark_reported())
+
+    def _mark_reported(self) -> dict[str, int]:
+        usage = self.usage()
+        for name, count in usage.items():
+            self.registry.states[name].reported = count
+        return usage
+
+    def _refresh_quotas(self, totals: dict[str, int]) -> None:
+        for name, total in totals.items():
+            state = self.registry.states.get(name)
+            if state is None:
+                continue
+            state.quota_used = total
+            config = state.config
+            if config is not None and config.quota is not None and not state.removed:
+                others = total - state.reported
+                state.stats.bytes_limit = config.quota - others
+
+    async def sync_quotas(self) -> None:
+        """One exchange with the ledger: report our bytes, learn everyone's."""
+        totals = await self.ledger.sync(self._mark_reported())
+        self._refresh_quotas(totals)
+
+    async def _sync_loop(self) -> None:
+        last_save = self.loop.time()
+        while True:
+            quick = any(s.config and s.config.quota for s in self.registry.named())
+            await asyncio.sleep(QUOTA_SYNC if quick else 2.0)
+            if not self.registry.named():
+                continue
+            try:
+                await self.sync_quotas()
+            except (ConnectionError, OSError) as exc:
+                log.debug("quota sync failed: %s", exc)
+            if self.loop.time() - last_save >= SAVE_EVERY:
+                last_save = self.loop.time()
+                self.ledger.save()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.registry.named():
+            await self.sync_quotas()
+        await super().start()
+        self._sync_task = self.loop.create_task(self._sync_loop())
+
+    async def stop(self, grace: float = 0.0) -> None:
+        self.draining = True
+        try:
+            await super().stop(grace)
+        finally:
+            if self._sync_task is not None:
+                self._sync_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._sync_task
+                self._sync_task = None
+            for state in self.registry.states.values():
+                if state.expiry_timer is not None:
+                    state.expiry_timer.cancel()
+                    state.expiry_timer = None
+            if self.registry.named():
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self.sync_quotas()
+            self.ledger.save()

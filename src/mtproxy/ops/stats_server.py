@@ -1,0 +1,274 @@
+"""The stats port: ``/stats`` (the official server's TSV page) and ``/metrics`` (Prometheus).
+
+A tiny HTTP/1.1 server on the event loop: one request per connection, GET or HEAD
+only, and only for addresses on the allow-list (loopback and private networks
+unless configured). ``/metrics`` is rendered by ``prometheus_client`` from a
+collector built for each request out of a snapshot; no global registry is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from mtproxy import __version__
+from mtproxy.config.settings import IPNetwork
+from mtproxy.ops.snapshot import Snapshot, render_tsv
+from mtproxy.protocol.dc import Endpoint
+
+log = logging.getLogger("mtproxy.stats")
+
+DEFAULT_ALLOW: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+        "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
+    )
+)  # fmt: skip
+REQUEST_TIMEOUT = 5.0
+MAX_REQUEST = 8192
+
+
+@dataclass
+class StatsView:
+    """What one request shows: the (summed) snapshot and who serves it."""
+
+    snapshot: Snapshot
+    pid: int
+    started: float
+    #: One entry per worker process (empty with a single process).
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+Source = Callable[[], Awaitable[StatsView]]
+
+
+def allowed(address: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+class StatsServer:
+    def __init__(
+        self, endpoint: Endpoint, source: Source, allow: Sequence[IPNetwork] = ()
+    ) -> None:
+        self.endpoint = endpoint
+        self.source = source
+        self.allow: Sequence[IPNetwork] = tuple(allow) or DEFAULT_ALLOW
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        host, port = self.endpoint
+        self._server = await asyncio.start_server(self._handle, host, port)
+
+    @property
+    def address(self) -> Endpoint:
+        assert self._server is not None
+        name = self._server.sockets[0].getsockname()
+        return name[0], name[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
+                return
+            if len(head) > MAX_REQUEST:
+                return
+            # The request is read first even when refused: closing with unread bytes
+            # would reset the connection before the client sees the 403.
+            peer = writer.get_extra_info("peername")
+            if not peer or not allowed(peer[0], self.allow):
+                await self._reply(writer, 403, "text/plain", b"forbidden\n")
+                return
+            parts = head.split(b"\r\n", 1)[0].split()
+            if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+                await self._reply(writer, 405, "text/plain", b"only GET\n")
+                return
+            path = parts[1].split(b"?", 1)[0]
+            if path == b"/stats":
+                view = await self.source()
+                body = render_tsv(
+                    view.snapshot, pid=view.pid, started=view.started, workers=view.workers
+                ).encode()
+                kind = "text/plain; charset=utf-8"
+            elif path == b"/metrics":
+                view = await self.source()
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(MetricsCollector(view))
+                body = generate_latest(registry)
+                kind = CONTENT_TYPE_LATEST
+            else:
+                await self._reply(writer, 404, "text/plain", b"try /stats or /metrics\n")
+                return
+            await self._reply(writer, 200, kind, b"" if parts[0] == b"HEAD" else body, len(body))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _reply(
+        writer: asyncio.StreamWriter, status: int, kind: str, body: bytes, length: int = -1
+    ) -> None:
+        reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+        head = (
+            f"HTTP/1.1 {status} {reason[status]}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body) if length < 0 else length}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+
+
+# -- Prometheus ------------------------------------------------------------------------------
+
+_COUNTERS = {
+    "connections_total": "Client connections accepted",
+    "upstream_connects": "Connection attempts towards Telegram",
+    "upstream_failures": "Sessions whose upstream could not be reached",
+    "masked": "Failed handshakes relayed to the mask host",
+    "accept_refused": "Client connections closed at accept: per-worker cap reached",
+    "proxy_protocol_errors": "Connections dropped for a missing or bad PROXY header",
+    "quota_closed": "Sessions closed because their user ran out of quota",
+}
+_GAUGES = {
+    "connections_active": "Client connections open now",
+    "sessions_active": "Sessions relaying to an upstream now",
+}
+_SKIP = {"bytes_from_clients", "bytes_to_clients"}
+_BAD = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class MetricsCollector(Collector):
+    """Metric families for one :class:`StatsView` (built per scrape)."""
+
+    def __init__(self, view: StatsView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterable[Any]:
+        view = self.view
+        snap = view.snapshot
+        counters: dict[str, int] = snap["counters"]
+        yield InfoMetricFamily("mtproxy_build", "Proxy version", {"version": __version__})
+        yield GaugeMetricFamily("mtproxy_start_time_seconds", "Start time", view.started)
+        yield GaugeMetricFamily("mtproxy_workers", "Worker processes", len(view.workers) or 1)
+        yield GaugeMetricFamily(
+            "mtproxy_max_connections", "Client connection cap over all workers (0: none)",
+            snap["max_connections"],
+        )  # fmt: skip
+        yield GaugeMetricFamily("mtproxy_draining", "1 while shutting down", snap["draining"])
+        yield CounterMetricFamily("mtproxy_reloads", "Configuration reloads", snap["reloads"])
+        data = CounterMetricFamily(
+            "mtproxy_bytes", "Payload bytes relayed", labels=["direction"]
+        )
+        data.add_metric(["from_client"], counters.get("bytes_from_clients", 0))
+        data.add_metric(["to_client"], counters.get("bytes_to_clients", 0))
+        yield data
+        for name, value in sorted(counters.items()):
+            metric = "mtproxy_" + _BAD.sub("_", name)
+            if name in _SKIP:
+                continue
+            if name in _COUNTERS:
+                yield CounterMetricFamily(
+                    metric.removesuffix("_total"), _COUNTERS[name], value
+                )
+            else:
+                yield GaugeMetricFamily(metric, _GAUGES.get(name, name.replace("_", " ")), value)
+        hs = CounterMetricFamily(
+            "mtproxy_handshakes", "Client handshakes by mode and outcome",
+            labels=["mode", "outcome"],
+        )
+        for key, n in sorted(snap["handshakes"].items()):
+            mode, outcome = key.split("|", 1)
+            hs.add_metric(["any" if mode == "-" else mode, outcome], n)
+        yield hs
+        refused = CounterMetricFamily(
+            "mtproxy_refused", "Sessions refused by a user limit", labels=["reason"]
+        )
+        for reason, n in sorted(snap["refused"].items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield from _user_metrics(snap["users"])
+        yield from _worker_metrics(view.workers)
+
+
+def _user_metrics(users: dict[str, Any]) -> Iterable[Any]:
+    active = GaugeMetricFamily("mtproxy_user_connections_active", "Open sessions", labels=["user"])
+    total = CounterMetricFamily("mtproxy_user_connections", "Sessions started", labels=["user"])
+    data = CounterMetricFamily(
+        "mtproxy_user_bytes", "Payload bytes relayed", labels=["user", "direction"]
+    )
+    ips = GaugeMetricFamily(
+        "mtproxy_user_unique_ips", "Distinct client addresses now", labels=["user"]
+    )
+    refused = CounterMetricFamily(
+        "mtproxy_user_refused", "Sessions refused by a limit", labels=["user", "reason"]
+    )
+    quota = GaugeMetricFamily("mtproxy_user_quota_bytes", "Data quota", labels=["user"])
+    used = GaugeMetricFamily(
+        "mtproxy_user_quota_used_bytes", "Bytes counted against the quota", labels=["user"]
+    )
+    expires = GaugeMetricFamily(
+        "mtproxy_user_expires_timestamp_seconds", "When the user expires", labels=["user"]
+    )
+    for name in sorted(users):
+        user = users[name]
+        active.add_metric([name], user["connections_active"])
+        total.add_metric([name], user["connections_total"])
+        data.add_metric([name, "from_client"], user["bytes_from_client"])
+        data.add_metric([name, "to_client"], user["bytes_to_client"])
+        ips.add_metric([name], len(user["ips"]))
+        for reason, n in sorted(user["refused"].items()):
+            refused.add_metric([name, reason], n)
+        if user["quota"] is not None:
+            quota.add_metric([name], user["quota"])
+            used.add_metric([name], user["quota_used"] or 0)
+        if user["expires"] is not None:
+            expires.add_metric([name], user["expires"])
+    yield from (active, total, data, ips, refused, quota, used, expires)
+
+
+def _worker_metrics(workers: list[dict[str, Any]]) -> Iterable[Any]:
+    if not workers:
+        return
+    up = GaugeMetricFamily("mtproxy_worker_up", "1 while the worker runs", labels=["worker"])
+    restarts = CounterMetricFamily(
+        "mtproxy_worker_restarts", "Times the worker was restarted", labels=["worker"]
+    )
+    conns = GaugeMetricFamily(
+        "mtproxy_worker_connections_active", "Client connections open now", labels=["worker"]
+    )
+    for index, worker in enumerate(workers):
+        label = [str(index)]
+        up.add_metric(label, worker.get("up", 0))
+        restarts.add_metric(label, worker.get("restarts", 0))
+        conns.add_metric(label, worker.get("connections_active", 0))
+    yield from (up, restarts, conns)
+
+
+__all__ = ["DEFAULT_ALLOW", "MetricsCollector", "StatsServer", "StatsView", "allowed"]
