@@ -16,6 +16,7 @@ from typing import Any
 
 from mtproxy.cli import CliError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
+from mtproxy.middle import MiddleConfigError
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
 from mtproxy.proxy.server import ListenError, ProxyServer
@@ -35,6 +36,11 @@ def register(sub: Any) -> None:
         "t.me links. Command-line options override the TOML --config file.",
     )
     add_arguments(parser)
+    parser.add_argument(
+        "proxy_config_file", nargs="?", metavar="PROXY_CONFIG",
+        help="Telegram's proxy list file, as the official server takes it (same as "
+        "--proxy-config; pair it with --aes-pwd FILE)",
+    )
     parser.set_defaults(handler=main)
 
 
@@ -47,8 +53,14 @@ def setup_logging(level: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(vars(args), args.config)
+    cli = dict(vars(args))
+    positional = cli.pop("proxy_config_file", None)
+    if positional is not None and cli.get("proxy_config") is None:
+        cli["proxy_config"] = positional
+    settings = load_settings(cli, args.config)
     setup_logging(settings.log_level)
+    if settings.tag_problem is not None:
+        log.warning("%s", settings.tag_problem)
     settings = ensure_secrets(settings)
     return run_until_signal(serve(settings))
 
@@ -162,14 +174,25 @@ async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | No
     except ListenError as exc:
         raise CliError(str(exc)) from None
     server = ProxyServer(settings, listen_sockets=socks)
-    await server.start()
+    try:
+        await server.start()
+    except MiddleConfigError as exc:
+        for sock in socks:
+            sock.close()
+        raise CliError(str(exc)) from None
     addresses = server.addresses
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
+    if settings.middle_mode:
+        route = "via Telegram's middle-proxies" + (" with ad tag" if settings.ad_tag else "")
+    elif server.passthrough:
+        route = "direct to DCs, download pass-through"
+    else:
+        route = "direct to DCs"
     log.info(
         "listening on %s (modes: %s; %s)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
-        "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
+        route,
     )
     host = await link_host(settings)
     print(format_links(settings, host, addresses[0][1]), flush=True)

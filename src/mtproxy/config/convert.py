@@ -159,3 +159,34 @@ def log_level(value: Any) -> str:
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"{value!r} is not a log level; use debug, info, warning or error")
     return text
+
+
+def optional_text(value: Any) -> str | None:
+    """Any string, stripped, '' meaning unset; checked later where a bad value only warns."""
+    return as_str(value).strip() or None
+
+
+def source(value: Any) -> str:
+    """An http(s) URL, or a path to a local file (the official server's form)."""
+    raw = as_str(value).strip()
+    if not raw:
+        raise ValueError("empty value; give a file path or an http(s) URL")
+    if "://" in raw:
+        return url(raw)
+    return str(Path(raw).expanduser())
+
+
+def nat_info(value: Any) -> tuple[str, str]:
+    """``LOCAL_IP:PUBLIC_IP`` (IPv4, as the official ``--nat-info``)."""
+    raw = as_str(value).strip()
+    local, sep, public = raw.partition(":")
+    if not sep:
+        raise ValueError(f"{raw!r} is not LOCAL_IP:PUBLIC_IP; write e.g. 10.0.0.5:203.0.113.7")
+    try:
+        pair = ipaddress.IPv4Address(local.strip()), ipaddress.IPv4Address(public.strip())
+    except ValueError:
+        raise ValueError(
+            f"{raw!r} is not two IPv4 addresses; write LOCAL_IP:PUBLIC_IP, e.g. "
+            "10.0.0.5:203.0.113.7"
+        ) from None
+    return str(pair[0]), str(pair[1])

@@ -162,6 +162,13 @@ class RpcClient:
         for message in messages:
             self._out.append(self._codec.encode(message.encode()))
 
+    def send_payloads(self, *payloads: bytes) -> None:
+        """Queue already-encoded message payloads (the relay's hot path skips the objects)."""
+        if not self.ready:
+            raise ValueError(f"cannot send in state {self._state.value}")
+        encode = self._codec.encode
+        self._out.extend(encode(payload) for payload in payloads)
+
     def data_to_send(self) -> bytes:
         """Everything queued so far (handshake, pongs, sent messages), padded for AES."""
         if self._codec.encrypted and self._state is not RpcClientState.FAILED:
