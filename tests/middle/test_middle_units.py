@@ -106,7 +106,7 @@ class _Client:
         self.conn_id = conn_id
         self.events: list[str] = []
 
-    def answer(self, payload: bytes) -> None:
+    def answer(self, payload: memoryview) -> None:
         self.events.append("answer")
 
     def quickack(self, confirm: bytes) -> None:

@@ -169,6 +169,12 @@ def format_links(settings: Settings, host: str, port: int) -> str:
 
 
 async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
+    # Handle signals from the start, so a stop during startup is still a clean one.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     try:
         socks = bind_listeners(settings)
     except ListenError as exc:
@@ -198,11 +204,6 @@ async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | No
     print(format_links(settings, host, addresses[0][1]), flush=True)
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
     await server.stop()

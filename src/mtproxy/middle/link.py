@@ -12,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 import time
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from mtproxy.protocol.rpc import (
-    CloseConn,
-    CloseExt,
-    IPAddress,
-    Ping,
-    Pong,
-    ProxyAns,
-    RpcClient,
-    RpcError,
-    SimpleAck,
-)
+from mtproxy.protocol.rpc import CloseConn, IPAddress, Ping, Pong, RpcClient, RpcError
 from mtproxy.protocol.rpc.client import RpcClientState
+from mtproxy.protocol.rpc.constants import (
+    RPC_CLOSE_EXT,
+    RPC_PING,
+    RPC_PONG,
+    RPC_PROXY_ANS,
+    RPC_SIMPLE_ACK,
+)
 from mtproxy.proxy.sockets import set_keepalive
 
 if TYPE_CHECKING:
@@ -35,13 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mtproxy.middle.link")
 
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+_ACK: Final = struct.Struct("<Q4s")
+
 
 class LinkClient(Protocol):
     """What a link needs from the per-client side (MiddleUpstream)."""
 
     conn_id: int
 
-    def answer(self, payload: bytes) -> None: ...
+    def answer(self, payload: memoryview) -> None: ...
     def quickack(self, confirm: bytes) -> None: ...
     def closed_by_telegram(self) -> None: ...
     def link_lost(self) -> None: ...
@@ -105,7 +107,7 @@ class MeLink(asyncio.Protocol):
             self._fail("middle-proxy spoke before our nonce")
             return
         try:
-            messages = rpc.receive(data)
+            payloads = rpc.receive_raw(data)
         except RpcError as exc:
             stage = "handshake" if not self.ready.done() else "stream"
             self._fail(f"bad {stage} data from the middle-proxy: {exc}")
@@ -114,30 +116,32 @@ class MeLink(asyncio.Protocol):
             self.ready.set_result(True)
             self._ping_handle = self.loop.call_later(self.options.ping_interval, self._ping)
         clients = self.clients
-        for message in messages:
-            kind = type(message)
-            if kind is ProxyAns:
-                ans = cast(ProxyAns, message)
-                client = clients.get(ans.conn_id)
+        for payload in payloads:
+            size = len(payload)
+            (opcode,) = _U32.unpack_from(payload)
+            if opcode == RPC_PROXY_ANS and size >= 16:
+                client = clients.get(_U64.unpack_from(payload, 8)[0])
                 if client is not None:
-                    client.answer(ans.payload)
+                    client.answer(payload[16:])
                 else:
-                    self._orphan(ans.conn_id)
-            elif kind is SimpleAck:
-                ack = cast(SimpleAck, message)
-                client = clients.get(ack.conn_id)
+                    self._orphan(_U64.unpack_from(payload, 8)[0])
+            elif opcode == RPC_SIMPLE_ACK and size == 16:
+                conn_id, confirm = _ACK.unpack_from(payload, 4)
+                client = clients.get(conn_id)
                 if client is not None:
-                    client.quickack(ack.confirm)
+                    client.quickack(confirm)
                 else:
-                    self._orphan(ack.conn_id)
-            elif kind is CloseExt:
-                client = clients.pop(cast(CloseExt, message).conn_id, None)
+                    self._orphan(conn_id)
+            elif opcode == RPC_CLOSE_EXT and size == 12:
+                client = clients.pop(_U64.unpack_from(payload, 4)[0], None)
                 if client is not None:
                     self.stats.me_clients_active -= 1
                     client.closed_by_telegram()
                     self._check_idle()
-            elif kind is not Ping and kind is not Pong:
-                log.debug("%s: ignoring %s", self.label, type(message).__name__)
+            elif opcode == RPC_PING and size == 12:
+                rpc.send_payloads(Pong(_U64.unpack_from(payload, 4)[0]).encode())
+            elif opcode != RPC_PONG:
+                log.debug("%s: ignoring opcode %08x (%d bytes)", self.label, opcode, size)
         out = rpc.data_to_send()  # handshake frames and pongs
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
@@ -218,6 +222,16 @@ class MeLink(asyncio.Protocol):
             conn_id = int.from_bytes(os.urandom(8), "little")
             if conn_id and conn_id not in self.clients:
                 return conn_id
+
+    def send_request(self, head: bytes, payload: memoryview | bytes) -> None:
+        """Queue one message made of a small head and a packet (encrypted right away,
+        so ``payload`` may be a view of a buffer the caller reuses)."""
+        rpc = self.rpc
+        if self.closed or rpc is None or not rpc.ready:
+            return
+        rpc.send_parts((head, payload))
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def send_payloads(self, payloads: list[bytes]) -> None:
         """Queue encoded messages; they leave together at the end of this loop iteration."""

@@ -22,7 +22,7 @@ from mtproxy.middle.link import MeLink
 from mtproxy.middle.options import MiddleOptions
 from mtproxy.middle.pool import MePools, NoRouteError
 from mtproxy.protocol.errors import FramingError
-from mtproxy.protocol.framing import Framing, PacketReader, encode_packet, encode_quickack
+from mtproxy.protocol.framing import Framing, PacketSplitter, encode_packet, encode_quickack
 from mtproxy.protocol.handshake import Accepted
 from mtproxy.protocol.rpc import (
     ClientFraming,
@@ -120,7 +120,7 @@ class MiddleUpstream:
         self.link: MeLink | None = link
         self.conn_id = conn_id
         self.framing = framing
-        self.reader = PacketReader(framing, MAX_CLIENT_PACKET)
+        self.reader = PacketSplitter(framing, MAX_CLIENT_PACKET)
         self.tail = tail
         # auth_key_id 1 stands for "encrypted": NOT_ENCRYPTED and QUICKACK vary per packet.
         self.base_flags = proxy_req_flags(
@@ -145,30 +145,28 @@ class MiddleUpstream:
             return
         if not packets:
             return
-        out: list[bytes] = []
         base, tail, pack = self.base_flags, self.tail, _REQ_HEAD.pack
-        for packet in packets:
-            payload = packet.payload
+        sent = 0
+        for payload, quickack in packets:
             size = len(payload)
             if size < MIN_PLAIN_PACKET or size & 3:
                 continue
             if payload[:8] == _ZERO_KEY:
-                if not unencrypted_packet_allowed(payload):
+                if not unencrypted_packet_allowed(bytes(payload)):
                     continue
                 flags = base | FLAG_NOT_ENCRYPTED
             elif size < MIN_ENCRYPTED_PACKET:
                 continue
             else:
                 flags = base
-            if packet.quickack:
+            if quickack:
                 flags |= FLAG_QUICKACK
-            out.append(pack(RPC_PROXY_REQ, flags) + tail + payload)
-        dropped = len(packets) - len(out)
-        if dropped:
-            self.stats.me_packets_dropped += dropped
-        if out:
-            self.stats.me_requests += len(out)
-            link.send_payloads(out)
+            link.send_request(pack(RPC_PROXY_REQ, flags) + tail, payload)
+            sent += 1
+        stats = self.stats
+        stats.me_requests += sent
+        if sent < len(packets):
+            stats.me_packets_dropped += len(packets) - sent
 
     def pause_reading(self) -> None:
         """The client's socket is full: its answers now count against the queue limit."""
@@ -190,7 +188,7 @@ class MiddleUpstream:
 
     # -- middle-proxy -> client (the link's LinkClient protocol) ---------------------------
 
-    def answer(self, payload: bytes) -> None:
+    def answer(self, payload: memoryview) -> None:
         if self.client_blocked and self._over_limit():
             return
         if not payload:

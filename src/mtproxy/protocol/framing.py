@@ -49,7 +49,7 @@ class Packet:
 
 def encode_packet(
     framing: Framing,
-    payload: bytes,
+    payload: bytes | bytearray | memoryview,
     *,
     quickack: bool = False,
     random_bytes: Callable[[int], bytes] = os.urandom,
@@ -151,3 +151,112 @@ class PacketReader:
         payload = bytes(buf[head : head + take])
         del buf[: head + length]
         return Packet(payload, quickack)
+
+
+#: One cut packet: its payload and whether the client asked for a quick ack.
+PacketView = tuple[memoryview | bytes, bool]
+
+
+class PacketSplitter:
+    """Like :class:`PacketReader`, without copying packets that arrive whole.
+
+    A packet that lies entirely inside the bytes just fed comes back as a memoryview
+    of them, valid only until the caller reuses that buffer (middle-proxy mode
+    encrypts it straight away); a packet that straddled two feeds comes back as
+    bytes. Same checks and errors as :class:`PacketReader`.
+    """
+
+    __slots__ = ("_framing", "_max", "_pending")
+
+    def __init__(self, framing: Framing, max_packet: int = MAX_PACKET) -> None:
+        self._framing = framing
+        self._max = max_packet
+        self._pending = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[PacketView]:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        out: list[PacketView] = []
+        pos, end = 0, len(view)
+        pending = self._pending
+        if pending:
+            pos = self._finish_pending(view, out)
+            if pending:
+                return out
+        while pos < end:
+            parsed = self._header(view, pos, end)
+            if parsed is None:
+                break
+            head, length, take, quickack = parsed
+            if end - pos < head + length:
+                break
+            out.append((view[pos + head : pos + head + take], quickack))
+            pos += head + length
+        if pos < end:
+            pending += view[pos:]
+        return out
+
+    def _finish_pending(self, view: memoryview, out: list[PacketView]) -> int:
+        """Complete the packet begun in earlier feeds; return how much of ``view`` it took."""
+        pending = self._pending
+        pos, end = 0, len(view)
+        while True:
+            parsed = self._header(pending, 0, len(pending))
+            if parsed is not None:
+                break
+            add = min(self._header_len(pending) - len(pending), end - pos)
+            if add <= 0:
+                return pos
+            pending += view[pos : pos + add]
+            pos += add
+        head, length, take, quickack = parsed
+        add = min(head + length - len(pending), end - pos)
+        pending += view[pos : pos + add]
+        pos += add
+        if len(pending) == head + length:
+            out.append((bytes(pending[head : head + take]), quickack))
+            pending.clear()
+        return pos
+
+    def _header_len(self, buf: bytearray) -> int:
+        if self._framing is not Framing.ABRIDGED:
+            return 4
+        return 4 if buf and buf[0] & 0x7F == 0x7F else 1
+
+    def _header(
+        self, buf: bytearray | memoryview, pos: int, end: int
+    ) -> tuple[int, int, int, bool] | None:
+        """(header length, packet length, payload length kept, quick ack) or None if short."""
+        if self._framing is Framing.ABRIDGED:
+            if end - pos < 1:
+                return None
+            first = buf[pos]
+            quickack = bool(first & QUICKACK_ABRIDGED)
+            words = first & 0x7F
+            head = 1
+            if words == 0x7F:
+                if end - pos < 4:
+                    return None
+                words = int.from_bytes(buf[pos + 1 : pos + 4], "little")
+                head = 4
+            length = take = words * 4
+        else:
+            if end - pos < 4:
+                return None
+            raw = int.from_bytes(buf[pos : pos + 4], "little")
+            quickack = bool(raw & QUICKACK_INTERMEDIATE)
+            length = raw & ~QUICKACK_INTERMEDIATE
+            if length & 0x40000000:
+                raise FramingError(f"length field {raw:#x} has reserved bits set")
+            head = 4
+            take = length & ~3 if self._framing is Framing.PADDED else length
+            if self._framing is Framing.INTERMEDIATE and length % 4:
+                raise FramingError(f"intermediate length {length} is not a multiple of 4")
+        if length <= 0 or take <= 0:
+            raise FramingError(f"empty or negative packet length {length}")
+        if length > self._max:
+            raise FramingError(f"packet length {length} exceeds the limit {self._max}")
+        return head, length, take, quickack

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from ipaddress import IPv4Address, ip_address
 
 from mtproxy.protocol.proxy_config import key_selector
@@ -168,6 +169,31 @@ class RpcClient:
             raise ValueError(f"cannot send in state {self._state.value}")
         encode = self._codec.encode
         self._out.extend(encode(payload) for payload in payloads)
+
+    def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Queue one message given in pieces; they are encrypted before this returns."""
+        if not self.ready:
+            raise ValueError(f"cannot send in state {self._state.value}")
+        self._out.extend(self._codec.encode_parts(parts))
+
+    def receive_raw(self, data: bytes) -> list[memoryview]:
+        """Like :meth:`receive`, but returns undecoded payloads (read-only views).
+
+        For the relay's hot path: the caller dispatches on the opcode itself and must
+        answer RPC_PING (``receive`` does that automatically). Handshake frames are
+        still consumed here.
+        """
+        if self._state is RpcClientState.READY:
+            try:
+                return self._codec.feed_views(data)
+            except RpcError:
+                self._state = RpcClientState.FAILED
+                raise
+        out: list[memoryview] = []
+        for message in self.receive(data):
+            if not isinstance(message, Ping):  # receive() already answered it
+                out.append(memoryview(message.encode()))
+        return out
 
     def data_to_send(self) -> bytes:
         """Everything queued so far (handshake, pongs, sent messages), padded for AES."""

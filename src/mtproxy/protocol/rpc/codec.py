@@ -25,6 +25,8 @@ Typical order on either side::
 from __future__ import annotations
 
 import struct
+import zlib
+from collections.abc import Sequence
 from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -36,7 +38,7 @@ from mtproxy.protocol.rpc.constants import (
     MIN_FRAME_LEN,
     PADDING_WORD,
 )
-from mtproxy.protocol.rpc.crc import crc32, crc32c
+from mtproxy.protocol.rpc.crc import crc32, crc32c, crc32c_pure
 from mtproxy.protocol.rpc.errors import RpcError
 from mtproxy.protocol.rpc.keys import RpcKeys
 
@@ -168,6 +170,41 @@ class RpcCodec:
         self._out_partial = (self._out_partial + length) % 16
         return self._encryptor.update(bytes(frame))
 
+    def encode_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
+        """Like :meth:`encode` for a payload given in pieces, without joining them first.
+
+        Returns the output as several byte strings (write them in order); the pieces
+        are consumed before this returns, so they may be views of a reused buffer.
+        """
+        self._check_alive()
+        size = sum(len(part) for part in parts)
+        if size < 4 or size % 4:
+            raise ValueError(f"RPC payload must be a non-empty multiple of 4 bytes, got {size}")
+        length = size + FRAME_OVERHEAD
+        if length > self._max_frame_len:
+            raise ValueError(f"frame of {length} bytes exceeds the limit {self._max_frame_len}")
+        seq = self._out_seq
+        self._out_seq = _next_seq(seq)
+        head = _HEAD.pack(length, seq)
+        if self._crc32c and seq >= 0:
+            crc = crc32c(head)
+            for part in parts:
+                crc = crc32c_pure(part, crc)
+        else:
+            crc = zlib.crc32(head)
+            for part in parts:
+                crc = zlib.crc32(part, crc)
+        tail = _U32.pack(crc)
+        encryptor = self._encryptor
+        if encryptor is None:
+            return [head, *(bytes(part) for part in parts), tail]
+        self._out_partial = (self._out_partial + length) % 16
+        update = encryptor.update
+        out = [update(head)]
+        out += [update(part) for part in parts]
+        out.append(update(tail))
+        return out
+
     def flush(self) -> bytes:
         """Pad the encrypted stream to a block boundary and return the remaining bytes."""
         self._check_alive()
@@ -201,6 +238,86 @@ class RpcCodec:
         except RpcError as exc:
             self._failure = str(exc)
             raise
+
+    def feed_views(self, data: bytes) -> list[memoryview]:
+        """Like :meth:`feed`, but payloads are read-only views instead of copies.
+
+        Once encryption is on, a frame that arrived whole is a view of the decrypted
+        chunk (one copy, the decryption's); only a frame split across reads is joined.
+        Before that it falls back to :meth:`feed`.
+        """
+        self._check_alive()
+        decryptor = self._decryptor
+        if decryptor is None or self._awaiting_keys:
+            return [memoryview(payload) for payload in self.feed(data)]
+        try:
+            chunk = memoryview(decryptor.update(data)) if data else memoryview(b"")
+            out: list[memoryview] = []
+            if self._plain:
+                chunk = self._complete_pending(chunk, out)
+                if self._plain:
+                    return out
+            pos = self._parse_views(chunk, out)
+            if pos < len(chunk):
+                self._plain += chunk[pos:]
+            return out
+        except RpcError as exc:
+            self._failure = str(exc)
+            raise
+
+    def _complete_pending(self, chunk: memoryview, out: list[memoryview]) -> memoryview:
+        """Move the rest of the frame begun in ``_plain`` out of ``chunk``; return the rest."""
+        plain = self._plain
+        if len(plain) < 4:
+            need = 4 - len(plain)
+            plain += chunk[:need]
+            chunk = chunk[need:]
+            if len(plain) < 4:
+                return chunk
+        (length,) = _I32.unpack_from(plain)
+        if length == 4 or not MIN_FRAME_LEN <= length <= self._max_frame_len or length % 4:
+            # Filler words and bad lengths: let the general parser decide on a copy.
+            joined = memoryview(bytes(plain) + chunk)
+            plain.clear()
+            pos = self._parse_views(joined, out)
+            return joined[pos:]
+        need = length - len(plain)
+        plain += chunk[:need]
+        chunk = chunk[need:]
+        if len(plain) == length:
+            frame = memoryview(bytes(plain))
+            plain.clear()
+            self._parse_views(frame, out)
+        return chunk
+
+    def _parse_views(self, buf: memoryview, out: list[memoryview]) -> int:
+        """Append the payloads of the whole frames in ``buf``; return the bytes used."""
+        pos, end = 0, len(buf)
+        max_len = self._max_frame_len
+        while end - pos >= 4:
+            (length,) = _I32.unpack_from(buf, pos)
+            if length <= 0 or length % 4 or length > max_len:
+                raise RpcError(f"bad RPC frame length {length}")
+            if length == 4:
+                pos += 4
+                continue
+            if length < MIN_FRAME_LEN:
+                raise RpcError(f"RPC frame length {length} below the minimum {MIN_FRAME_LEN}")
+            if end - pos < length:
+                break
+            expected_seq = self._in_seq
+            crc_end = pos + length - 4
+            (crc,) = _U32.unpack_from(buf, crc_end)
+            actual = self._checksum(expected_seq, buf[pos:crc_end])
+            if crc != actual:
+                raise RpcError(f"RPC frame CRC mismatch: got {crc:08x}, computed {actual:08x}")
+            (seq,) = _I32.unpack_from(buf, pos + 4)
+            if seq != expected_seq:
+                raise RpcError(f"RPC frame seq {seq}, expected {expected_seq}")
+            self._in_seq = _next_seq(seq)
+            out.append(buf[pos + 8 : crc_end])
+            pos += length
+        return pos
 
     def _parse(self) -> list[bytes]:
         buf = self._plain
