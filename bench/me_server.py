@@ -5,7 +5,8 @@ and picks a behaviour per client packet from the packet's first 8 bytes (where a
 MTProto packet has its auth_key_id, so the proxy forwards it as an encrypted one):
 
 - ``BENCHECH``: echo the packet back;
-- ``BENCHSRC`` + u64 n: send n bytes back in 128 KiB answers, then RPC_CLOSE_EXT;
+- ``BENCHSRC`` + u64 n + u32 last: answer with n bytes (a file part; the client keeps a
+  few requests in flight, as apps do), then RPC_CLOSE_EXT if ``last``;
 - ``BENCHSNK``: count the packet's bytes; ``BENCHEND``: answer with the count.
 """
 
@@ -34,8 +35,8 @@ from mtproxy.protocol.rpc import (
 )
 
 ECHO, SOURCE, SINK, END = b"BENCHECH", b"BENCHSRC", b"BENCHSNK", b"BENCHEND"
-CHUNK = 128 * 1024
-BLOCK = bytes(CHUNK)
+PART = 1024 * 1024
+ZEROS = bytes(PART)
 
 
 class MeProtocol(asyncio.Protocol):
@@ -44,9 +45,7 @@ class MeProtocol(asyncio.Protocol):
         self.codec = RpcCodec()
         self.transport: asyncio.Transport | None = None
         self.stage = 0  # 0 nonce, 1 handshake, 2 ready
-        self.sources: dict[int, int] = {}  # conn_id -> bytes left to send
         self.sinks: dict[int, int] = {}
-        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
@@ -69,7 +68,6 @@ class MeProtocol(asyncio.Protocol):
             else:
                 out.append(self._on_message(payload))
         self.transport.write(b"".join(out) + self.codec.flush())
-        self._pump()
 
     def _on_nonce(self, payload: bytes) -> bytes:
         assert self.transport is not None
@@ -96,45 +94,28 @@ class MeProtocol(asyncio.Protocol):
             if kind == ECHO:
                 return self.codec.encode(ProxyAns(0, message.conn_id, data).encode())
             if kind == SOURCE:
-                (self.sources[message.conn_id],) = struct.unpack_from("<Q", data, 8)
+                size, last = struct.unpack_from("<QI", data, 8)
+                return self._part(message.conn_id, size, bool(last))
             elif kind == SINK:
                 self.sinks[message.conn_id] = self.sinks.get(message.conn_id, 0) + len(data)
             elif kind == END:
                 count = struct.pack("<Q", self.sinks.pop(message.conn_id, 0))
                 return self.codec.encode(ProxyAns(0, message.conn_id, count).encode())
         elif isinstance(message, CloseConn):
-            self.sources.pop(message.conn_id, None)
             self.sinks.pop(message.conn_id, None)
         elif isinstance(message, Ping):
             return self.codec.encode(message.pong().encode())
         return b""
 
-    def _pump(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        while self.sources and not self.paused:
-            for conn_id in list(self.sources):
-                left = self.sources[conn_id]
-                size = min(CHUNK, left)
-                frame = ProxyAns(0, conn_id, BLOCK[:size]).encode()
-                parts = [self.codec.encode(frame)]
-                left -= size
-                if left <= 0:
-                    del self.sources[conn_id]
-                    parts.append(self.codec.encode(CloseExt(conn_id).encode()))
-                else:
-                    self.sources[conn_id] = left
-                parts.append(self.codec.flush())
-                transport.write(b"".join(parts))
-                if self.paused:
-                    break
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self._pump()
+    def _part(self, conn_id: int, size: int, last: bool) -> bytes:
+        parts = []
+        while size > 0:
+            chunk = min(size, PART)
+            parts.append(self.codec.encode(ProxyAns(0, conn_id, ZEROS[:chunk]).encode()))
+            size -= chunk
+        if last:
+            parts.append(self.codec.encode(CloseExt(conn_id).encode()))
+        return b"".join(parts)
 
 
 async def main() -> None:

@@ -47,6 +47,7 @@ ME_SECRET = bytes.fromhex("c4f9faca") + bytes(range(124))
 AD_TAG = "0123456789abcdef0123456789abcdef"
 ME_ECHO, ME_SOURCE, ME_SINK, ME_END = b"BENCHECH", b"BENCHSRC", b"BENCHSNK", b"BENCHEND"
 ME_CHUNK = 128 * 1024
+ME_PART, ME_WINDOW = 1 << 20, 4
 MIB = 1 << 20
 
 
@@ -188,8 +189,8 @@ class MiddleClient(Client):
         self.send(self.encryptor.update(framed))
 
 
-def me_packet(kind: bytes, size: int = 64, arg: int = 0) -> bytes:
-    return kind + struct.pack("<Q", arg) + bytes(size - 16)
+def me_packet(kind: bytes, size: int = 64, arg: int = 0, last: bool = False) -> bytes:
+    return kind + struct.pack("<QI", arg, last) + bytes(size - 20)
 
 
 def middle_files(directory: Path, me_port: int) -> tuple[Path, Path]:
@@ -212,14 +213,24 @@ def middle_command(port: int, config: Path, secret: Path, data_dir: Path) -> lis
 
 
 def middle_download(pid: int, port: int, total: int, tls: bool) -> float:
+    """Fetch ``total`` bytes as 1 MiB parts with 4 requests in flight, as apps fetch files."""
     buf = memoryview(bytearray(1 << 20))
+    parts = max(1, total // ME_PART)
     before = cpu_seconds(pid)
     client = MiddleClient(port, tls)
-    client.send_packets(me_packet(ME_SOURCE, arg=total))
-    got = client.drain(buf)  # the middle-proxy closes the client after the last byte
+    requested = received = 0
+    while True:
+        # Wire bytes over-count the payload a little, so at most WINDOW parts are unread.
+        while requested < parts and received >= (requested - ME_WINDOW + 1) * ME_PART:
+            requested += 1
+            client.send_packets(me_packet(ME_SOURCE, arg=ME_PART, last=requested == parts))
+        n = client.sock.recv_into(buf)
+        if not n:
+            break  # the middle-proxy closes the client after the last part
+        received += n
     client.close()
-    if got < total:
-        raise RuntimeError(f"middle-proxy download short: {got} of {total}")
+    if received < parts * ME_PART:
+        raise RuntimeError(f"middle-proxy download short: {received} of {parts * ME_PART}")
     return cpu_seconds(pid) - before
 
 

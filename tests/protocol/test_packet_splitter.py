@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtproxy.protocol.errors import FramingError
-from mtproxy.protocol.framing import Framing, PacketReader, PacketSplitter, encode_packet
+from mtproxy.protocol.framing import (
+    PACKET_OVERHEAD_MAX,
+    Framing,
+    PacketReader,
+    PacketSplitter,
+    encode_packet,
+    encode_packet_into,
+)
 
 payloads = st.lists(
     st.tuples(
@@ -82,3 +89,38 @@ def test_bad_lengths_raise(framing: Framing, wire: bytes) -> None:
         assert splitter.feed(wire[:1]) == []
         with pytest.raises(FramingError):
             splitter.feed(wire[1:])
+
+
+@pytest.mark.parametrize("framing", list(Framing))
+@pytest.mark.parametrize("first", [1, 3, 10, 5000, 60000])
+def test_big_packet_trickling_in(framing: Framing, first: int) -> None:
+    """A packet announced big but arriving slowly is assembled without reserving it all."""
+    body = bytes(i * 7 & 0xFF for i in range(200_000))
+    wire = encode_packet(framing, body) + encode_packet(framing, b"tail")
+    splitter = PacketSplitter(framing)
+    out = [(bytes(p), q) for p, q in splitter.feed(wire[:first])]
+    assert out == [] and splitter.buffered == first
+    for start in range(first, len(wire), 7000):
+        out += [(bytes(p), q) for p, q in splitter.feed(wire[start : start + 7000])]
+    assert out == [(body, False), (b"tail", False)]
+    assert splitter.buffered == 0
+
+
+@given(
+    framing=st.sampled_from(list(Framing)),
+    words=st.integers(min_value=1, max_value=2000),
+    noise=st.binary(min_size=4, max_size=4),
+)
+def test_encode_packet_into_matches_encode_packet(
+    framing: Framing, words: int, noise: bytes
+) -> None:
+    payload = bytes(i & 0xFF for i in range(words * 4))
+
+    def rand(n: int) -> bytes:
+        return (noise * 2)[:n]
+
+    out = bytearray(b"\xaa" * (len(payload) + PACKET_OVERHEAD_MAX))
+    size = encode_packet_into(framing, memoryview(payload), out, random_bytes=rand)
+    assert bytes(out[:size]) == encode_packet(framing, payload, random_bytes=rand)
+    with pytest.raises(ValueError):
+        encode_packet_into(framing, payload, bytearray(len(payload)), random_bytes=rand)

@@ -85,6 +85,23 @@ def test_feed_views_equals_feed(
     assert receiver_b.in_seq == receiver_a.in_seq
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=100)
+@given(payloads, st.lists(st.integers(0, 30000), max_size=25), st.integers(0, 25))
+def test_switching_from_feed_to_feed_views(
+    messages: list[bytes], cuts: list[int], switch_at: int
+) -> None:
+    """RpcClient reads the handshake with feed() and the rest with feed_views()."""
+    sender, receiver = pair(False)
+    stream = b"".join(sender.encode(m) for m in messages) + sender.flush()
+    got: list[bytes] = []
+    for i, chunk in enumerate(split(stream, cuts)):
+        if i < switch_at:
+            got += receiver.feed(chunk)
+        else:
+            got += [bytes(view) for view in receiver.feed_views(chunk)]
+    assert got == messages and receiver.buffered == 0
+
+
 def test_feed_views_detects_corruption_and_stays_failed() -> None:
     sender, receiver = pair(False)
     wire = bytearray(sender.encode_flush(ProxyAns(0, 7, b"x" * 64).encode()))

@@ -80,6 +80,7 @@ class Settings:
     proxy_config_refresh: float = 3600.0
     middle_min_connections: int | None = None
     middle_max_connections: int | None = None
+    middle_client_queue: int = 4 * 1024 * 1024
 
     @property
     def secret_keys(self) -> list[bytes]:
@@ -199,6 +200,10 @@ OPTIONS: list[Option] = [
     Option("middle_max_connections", ("--middle-max-connections",), cv.int_range(1, 1000),
            "most connections to each middle-proxy (default: from the proxy list, 8)",
            metavar="N"),
+    Option("middle_client_queue", ("--middle-client-queue",),
+           cv.int_range(64 * 1024, 1 << 30), "answer bytes a client may leave unread before "
+           "it alone is dropped (the connection it shares never waits for it)",
+           metavar="BYTES"),
 ]
 
 

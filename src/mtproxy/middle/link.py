@@ -225,13 +225,18 @@ class MeLink(asyncio.Protocol):
 
     def send_request(self, head: bytes, payload: memoryview | bytes) -> None:
         """Queue one message made of a small head and a packet (encrypted right away,
-        so ``payload`` may be a view of a buffer the caller reuses)."""
+        so ``payload`` may be a view of a buffer the caller reuses); the caller ends
+        its batch with :meth:`flush`."""
         rpc = self.rpc
         if self.closed or rpc is None or not rpc.ready:
             return
         rpc.send_parts((head, payload))
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def flush(self) -> None:
+        """Write what is queued now (a client's packets leave with the read they came in)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
 
     def send_payloads(self, payloads: list[bytes]) -> None:
         """Queue encoded messages; they leave together at the end of this loop iteration."""
@@ -244,7 +249,7 @@ class MeLink(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            self._flush()
+            self.flush()
             self.transport.close()
 
     def abort(self, reason: str = "") -> None:

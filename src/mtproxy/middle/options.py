@@ -24,10 +24,10 @@ class MiddleOptions:
     #: carries this many clients, or when every ready one is write-blocked.
     clients_per_connection: int = 64
     #: Answer bytes a client may leave unread in its socket buffer before it alone is
-    #: dropped; a slow client must never stall the connection it shares.
-    client_queue_limit: int = 512 * 1024
-    #: Seconds for one download of the proxy list or secret.
-    fetch_timeout: float = 15.0
+    #: dropped; a slow client must never stall the connection it shares. Answers are
+    #: replies to the client's own requests (file parts of up to 1 MiB, several in
+    #: flight), so this is a few MiB; the official server allows 32 MiB.
+    client_queue_limit: int = 4 * 1024 * 1024
     #: Ask the middle-proxy for CRC32C frames (ours is pure Python, so no by default).
     request_crc32c: bool = False
     #: Send PAD for dd clients (ALX, ERL, TMT do; the official server strips it).
@@ -37,5 +37,5 @@ class MiddleOptions:
     def from_settings(cls, settings: Settings) -> MiddleOptions:
         return cls(
             connect_timeout=settings.connect_timeout,
-            fetch_timeout=max(settings.connect_timeout, 5.0),
+            client_queue_limit=settings.middle_client_queue,
         )

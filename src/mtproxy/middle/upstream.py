@@ -22,7 +22,14 @@ from mtproxy.middle.link import MeLink
 from mtproxy.middle.options import MiddleOptions
 from mtproxy.middle.pool import MePools, NoRouteError
 from mtproxy.protocol.errors import FramingError
-from mtproxy.protocol.framing import Framing, PacketSplitter, encode_packet, encode_quickack
+from mtproxy.protocol.framing import (
+    PACKET_OVERHEAD_MAX,
+    Framing,
+    PacketSplitter,
+    encode_packet,
+    encode_packet_into,
+    encode_quickack,
+)
 from mtproxy.protocol.handshake import Accepted
 from mtproxy.protocol.rpc import (
     ClientFraming,
@@ -80,6 +87,27 @@ def request_tail(
     return tail + struct.pack("<i", len(extra)) + extra
 
 
+class AnswerBuffer:
+    """Where big answers are framed for their client, reused: a fresh megabyte per
+    answer would cost more in page faults than the crypto does."""
+
+    __slots__ = ("buf",)
+
+    #: Smaller answers are framed in a new bytes object, which costs nothing much.
+    THRESHOLD = 64 * 1024
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def frame(self, framing: Framing, payload: memoryview) -> memoryview:
+        """The framed packet, valid until the next call."""
+        need = len(payload) + PACKET_OVERHEAD_MAX
+        if len(self.buf) < need:
+            self.buf = bytearray(need)
+        size = encode_packet_into(framing, payload, self.buf)
+        return memoryview(self.buf)[:size]
+
+
 def _address(name: tuple[str, int], fallback: IPAddress) -> tuple[IPAddress, int]:
     ip = parse_ip(str(name[0]))
     port = name[1] if isinstance(name[1], int) and 0 <= name[1] <= 0xFFFF else 0
@@ -90,6 +118,7 @@ class MiddleUpstream:
     """One client's half of a shared middle-proxy connection (the core's ``Upstream``)."""
 
     __slots__ = (
+        "answers",
         "base_flags",
         "client",
         "client_blocked",
@@ -115,8 +144,10 @@ class MiddleUpstream:
         forward_pad: bool,
         queue_limit: int,
         stats: ProxyStats,
+        answers: AnswerBuffer,
     ) -> None:
         self.client = client
+        self.answers = answers
         self.link: MeLink | None = link
         self.conn_id = conn_id
         self.framing = framing
@@ -163,6 +194,8 @@ class MiddleUpstream:
                 flags |= FLAG_QUICKACK
             link.send_request(pack(RPC_PROXY_REQ, flags) + tail, payload)
             sent += 1
+        if sent:
+            link.flush()
         stats = self.stats
         stats.me_requests += sent
         if sent < len(packets):
@@ -194,7 +227,10 @@ class MiddleUpstream:
         if not payload:
             return
         try:
-            framed = encode_packet(self.framing, payload)
+            if len(payload) < AnswerBuffer.THRESHOLD:
+                framed: bytes | memoryview = encode_packet(self.framing, payload)
+            else:
+                framed = self.answers.frame(self.framing, payload)
         except FramingError as exc:
             log.debug("client %s: unframeable answer: %s", self.client.peername, exc)
             return
@@ -270,6 +306,7 @@ class MiddleUpstreams:
             keepalive=settings.keepalive,
         )
         self._refresher: asyncio.Task[None] | None = None
+        self.answers = AnswerBuffer()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -344,6 +381,7 @@ class MiddleUpstreams:
             forward_pad=self.options.forward_pad,
             queue_limit=self.options.client_queue_limit,
             stats=stats,
+            answers=self.answers,
         )
         link.register(upstream)
         client.peer_ready(upstream)

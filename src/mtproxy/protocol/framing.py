@@ -47,6 +47,21 @@ class Packet:
     quickack: bool = False
 
 
+def _packet_head(framing: Framing, length: int, quickack: bool, pad: int) -> bytes:
+    if length == 0 or length > MAX_PACKET:
+        raise FramingError(f"packet length {length} out of range")
+    if framing is Framing.ABRIDGED:
+        if length % 4:
+            raise FramingError("abridged packets must be a multiple of 4 bytes")
+        words = length // 4
+        flag = QUICKACK_ABRIDGED if quickack else 0
+        if words < 0x7F:
+            return bytes([words | flag])
+        return bytes([0x7F | flag]) + words.to_bytes(3, "little")
+    flag = QUICKACK_INTERMEDIATE if quickack else 0
+    return struct.pack("<I", (length + pad) | flag)
+
+
 def encode_packet(
     framing: Framing,
     payload: bytes | bytearray | memoryview,
@@ -55,26 +70,36 @@ def encode_packet(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
     """Frame one packet; the padded framing appends 0-3 random tail bytes."""
-    length = len(payload)
-    if length == 0 or length > MAX_PACKET:
-        raise FramingError(f"packet length {length} out of range")
-    if framing is Framing.ABRIDGED:
-        if length % 4:
-            raise FramingError("abridged packets must be a multiple of 4 bytes")
-        words = length // 4
-        if words < 0x7F:
-            head = bytes([words | (QUICKACK_ABRIDGED if quickack else 0)])
-        else:
-            head = bytes([0x7F | (QUICKACK_ABRIDGED if quickack else 0)]) + words.to_bytes(
-                3, "little"
-            )
-        return head + payload
-    if framing is Framing.INTERMEDIATE:
-        flag = QUICKACK_INTERMEDIATE if quickack else 0
-        return struct.pack("<I", length | flag) + payload
+    if framing is not Framing.PADDED:
+        return _packet_head(framing, len(payload), quickack, 0) + payload
     pad = random_bytes(1)[0] & 3
-    flag = QUICKACK_INTERMEDIATE if quickack else 0
-    return struct.pack("<I", (length + pad) | flag) + payload + random_bytes(pad)
+    return _packet_head(framing, len(payload), quickack, pad) + payload + random_bytes(pad)
+
+
+#: Room :func:`encode_packet_into` needs beyond the payload (header and padding).
+PACKET_OVERHEAD_MAX = 7
+
+
+def encode_packet_into(
+    framing: Framing,
+    payload: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> int:
+    """:func:`encode_packet` into ``out`` (payload + PACKET_OVERHEAD_MAX bytes at least),
+    so that big packets need no fresh allocation; returns the framed size."""
+    length = len(payload)
+    pad = random_bytes(1)[0] & 3 if framing is Framing.PADDED else 0
+    head = _packet_head(framing, length, False, pad)
+    start, end = len(head), len(head) + length
+    if len(out) < end + pad:
+        raise ValueError(f"output buffer of {len(out)} bytes is too small for {end + pad}")
+    out[:start] = head
+    out[start:end] = payload
+    if pad:
+        out[end : end + pad] = random_bytes(pad)
+    return end + pad
 
 
 def encode_quickack(framing: Framing, confirm: bytes) -> bytes:
@@ -162,63 +187,96 @@ class PacketSplitter:
 
     A packet that lies entirely inside the bytes just fed comes back as a memoryview
     of them, valid only until the caller reuses that buffer (middle-proxy mode
-    encrypts it straight away); a packet that straddled two feeds comes back as
-    bytes. Same checks and errors as :class:`PacketReader`.
+    encrypts it straight away); a packet that straddled feeds is assembled once in
+    a buffer kept for reuse and comes back as a view of that, valid until the next
+    :meth:`feed`. Same checks and errors as :class:`PacketReader`.
     """
 
-    __slots__ = ("_framing", "_max", "_pending")
+    __slots__ = ("_filled", "_framing", "_max", "_pending", "_recent", "_spare", "_total")
 
     def __init__(self, framing: Framing, max_packet: int = MAX_PACKET) -> None:
         self._framing = framing
         self._max = max_packet
-        self._pending = bytearray()
+        self._pending = bytearray()  # a packet begun in earlier feeds
+        self._filled = 0  # bytes of it received
+        self._total = 0  # its size with header, 0 while the header is incomplete
+        # Buffers of assembled packets are reused (a fresh megabyte costs page faults
+        # on every big packet), but never within the feed that handed out a view of one.
+        self._spare = bytearray()
+        self._recent: bytearray | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._pending)
+        return self._filled
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[PacketView]:
         view = data if isinstance(data, memoryview) else memoryview(data)
         out: list[PacketView] = []
         pos, end = 0, len(view)
-        pending = self._pending
-        if pending:
-            pos = self._finish_pending(view, out)
-            if pending:
+        if self._recent is not None:  # views of it were valid until this call
+            self._spare, self._recent = self._recent, None
+        if self._filled:
+            pos = self._continue(view, out)
+            if self._filled:
                 return out
         while pos < end:
             parsed = self._header(view, pos, end)
             if parsed is None:
+                self._pending = bytearray(view[pos:])
+                self._filled, self._total = end - pos, 0
                 break
             head, length, take, quickack = parsed
-            if end - pos < head + length:
+            total = head + length
+            if end - pos < total:
+                self._start(view[pos:], total)
                 break
             out.append((view[pos + head : pos + head + take], quickack))
-            pos += head + length
-        if pos < end:
-            pending += view[pos:]
+            pos += total
         return out
 
-    def _finish_pending(self, view: memoryview, out: list[PacketView]) -> int:
-        """Complete the packet begun in earlier feeds; return how much of ``view`` it took."""
-        pending = self._pending
+    def _start(self, part: memoryview, total: int) -> None:
+        """Keep the first ``part`` of a ``total``-byte packet."""
+        have = len(part)
+        # Reserve the whole packet once half of it is here; a client that only
+        # announces a big packet gets no more memory than it actually sent.
+        if 2 * have + 16384 >= total:
+            buf = self._spare if len(self._spare) >= total else bytearray(total)
+            self._spare = bytearray()
+        else:
+            buf = bytearray(have)
+        buf[:have] = part
+        self._pending, self._filled, self._total = buf, have, total
+
+    def _continue(self, view: memoryview, out: list[PacketView]) -> int:
+        """Add to the packet begun earlier; return how much of ``view`` it took."""
         pos, end = 0, len(view)
-        while True:
-            parsed = self._header(pending, 0, len(pending))
-            if parsed is not None:
-                break
-            add = min(self._header_len(pending) - len(pending), end - pos)
-            if add <= 0:
-                return pos
-            pending += view[pos : pos + add]
-            pos += add
-        head, length, take, quickack = parsed
-        add = min(head + length - len(pending), end - pos)
-        pending += view[pos : pos + add]
+        if not self._total:
+            head_bytes = self._pending
+            while True:
+                parsed = self._header(head_bytes, 0, len(head_bytes))
+                if parsed is not None:
+                    break
+                add = min(self._header_len(head_bytes) - len(head_bytes), end - pos)
+                if add <= 0:
+                    self._filled = len(head_bytes)
+                    return pos
+                head_bytes += view[pos : pos + add]
+                pos += add
+            self._start(memoryview(head_bytes), parsed[0] + parsed[1])
+        buf, filled, total = self._pending, self._filled, self._total
+        add = min(total - filled, end - pos)
+        buf[filled : filled + add] = view[pos : pos + add]
+        filled += add
         pos += add
-        if len(pending) == head + length:
-            out.append((bytes(pending[head : head + take]), quickack))
-            pending.clear()
+        if filled < total:
+            self._filled = filled
+            return pos
+        parsed = self._header(buf, 0, total)
+        assert parsed is not None
+        head, _, take, quickack = parsed
+        out.append((memoryview(buf)[head : head + take], quickack))
+        self._recent = buf
+        self._pending, self._filled, self._total = bytearray(), 0, 0
         return pos
 
     def _header_len(self, buf: bytearray) -> int:

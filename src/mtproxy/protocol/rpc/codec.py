@@ -84,6 +84,12 @@ class RpcCodec:
         self._out_partial = 0  # bytes handed to the encryptor since the last block boundary
         self._plain = bytearray()  # received plaintext not yet parsed into frames
         self._held = bytearray()  # received ciphertext that arrived before the keys
+        # feed_views: a split frame being assembled in one of two reused buffers.
+        self._frame: bytearray | None = None
+        self._frame_len = 0
+        self._frame_filled = 0
+        self._assembly = [bytearray(), bytearray()]
+        self._assembly_next = 0
         self._awaiting_keys = False
         self._crc32c = False
         self._failure: str | None = None
@@ -118,7 +124,7 @@ class RpcCodec:
     @property
     def buffered(self) -> int:
         """Received bytes not yet returned as payloads (partial frames, held ciphertext)."""
-        return len(self._plain) + len(self._held)
+        return len(self._plain) + len(self._held) + self._frame_filled
 
     def set_crc32c(self, enabled: bool = True) -> None:
         """Use CRC32C instead of CRC32 for frames with seq >= 0, both directions."""
@@ -225,6 +231,8 @@ class RpcCodec:
     def feed(self, data: bytes) -> list[bytes]:
         """Take received bytes; return the payloads of the frames they completed."""
         self._check_alive()
+        if self._frame is not None:
+            raise ValueError("feed() after feed_views() left a split frame; keep to feed_views()")
         if self._awaiting_keys:
             self._held += data
             return []
@@ -240,11 +248,13 @@ class RpcCodec:
             raise
 
     def feed_views(self, data: bytes) -> list[memoryview]:
-        """Like :meth:`feed`, but payloads are read-only views instead of copies.
+        """Like :meth:`feed`, but payloads are views instead of copies.
 
         Once encryption is on, a frame that arrived whole is a view of the decrypted
-        chunk (one copy, the decryption's); only a frame split across reads is joined.
-        Before that it falls back to :meth:`feed`.
+        chunk (the decryption's copy is the only one); a frame split across reads is
+        assembled once, in a buffer this codec reuses. So the views are valid only
+        until the next call: use or copy them before feeding more. Before encryption
+        it falls back to :meth:`feed`.
         """
         self._check_alive()
         decryptor = self._decryptor
@@ -253,42 +263,73 @@ class RpcCodec:
         try:
             chunk = memoryview(decryptor.update(data)) if data else memoryview(b"")
             out: list[memoryview] = []
-            if self._plain:
+            if self._frame is not None or self._plain:
                 chunk = self._complete_pending(chunk, out)
-                if self._plain:
+                if self._frame is not None or self._plain:
                     return out
             pos = self._parse_views(chunk, out)
             if pos < len(chunk):
-                self._plain += chunk[pos:]
+                self._keep(chunk[pos:])
             return out
         except RpcError as exc:
             self._failure = str(exc)
             raise
 
+    def _keep(self, rest: memoryview) -> None:
+        """Hold the start of an incomplete frame (its length, if present, was checked)."""
+        if len(rest) < 4:
+            self._plain += rest
+            return
+        (length,) = _I32.unpack_from(rest)
+        self._begin_frame(length, rest)
+
+    def _begin_frame(self, length: int, start: bytes | bytearray | memoryview) -> None:
+        # Two buffers in turn: a frame completed in this call may still be in the caller's
+        # hands while the next one starts. Reusing them spares the page faults a fresh
+        # megabyte costs on every big frame.
+        index = self._assembly_next
+        self._assembly_next = index ^ 1
+        frame = self._assembly[index]
+        if len(frame) < length:
+            frame = self._assembly[index] = bytearray(length)
+        frame[: len(start)] = start
+        self._frame, self._frame_len, self._frame_filled = frame, length, len(start)
+
     def _complete_pending(self, chunk: memoryview, out: list[memoryview]) -> memoryview:
-        """Move the rest of the frame begun in ``_plain`` out of ``chunk``; return the rest."""
-        plain = self._plain
-        if len(plain) < 4:
+        """Move the rest of the frame begun earlier out of ``chunk``; return the rest."""
+        if self._frame is None:
+            plain = self._plain
             need = 4 - len(plain)
-            plain += chunk[:need]
-            chunk = chunk[need:]
-            if len(plain) < 4:
-                return chunk
-        (length,) = _I32.unpack_from(plain)
-        if length == 4 or not MIN_FRAME_LEN <= length <= self._max_frame_len or length % 4:
-            # Filler words and bad lengths: let the general parser decide on a copy.
-            joined = memoryview(bytes(plain) + chunk)
+            if need > 0:
+                plain += chunk[:need]
+                chunk = chunk[need:]
+                if len(plain) < 4:
+                    return chunk
+            (length,) = _I32.unpack_from(plain)
+            if length == 4 or not MIN_FRAME_LEN <= length <= self._max_frame_len or length % 4:
+                # Filler words and bad lengths: let the general parser decide.
+                joined = memoryview(bytes(plain) + chunk)
+                plain.clear()
+                pos = self._parse_views(joined, out)
+                return joined[pos:]
+            if len(plain) >= length:  # left over by feed(): whole frames already
+                joined = memoryview(bytes(plain) + chunk)
+                plain.clear()
+                pos = self._parse_views(joined, out)
+                return joined[pos:]
+            self._begin_frame(length, plain)
             plain.clear()
-            pos = self._parse_views(joined, out)
-            return joined[pos:]
-        need = length - len(plain)
-        plain += chunk[:need]
-        chunk = chunk[need:]
-        if len(plain) == length:
-            frame = memoryview(bytes(plain))
-            plain.clear()
-            self._parse_views(frame, out)
-        return chunk
+        frame, length, filled = self._frame, self._frame_len, self._frame_filled
+        assert frame is not None
+        add = min(length - filled, len(chunk))
+        frame[filled : filled + add] = chunk[:add]
+        filled += add
+        if filled < length:
+            self._frame_filled = filled
+            return chunk[add:]
+        self._frame, self._frame_filled = None, 0
+        self._parse_views(memoryview(frame)[:length], out)
+        return chunk[add:]
 
     def _parse_views(self, buf: memoryview, out: list[memoryview]) -> int:
         """Append the payloads of the whole frames in ``buf``; return the bytes used."""
