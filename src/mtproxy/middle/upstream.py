@@ -342,6 +342,8 @@ class MiddleUpstreams:
                 await self.refresh()
             except MiddleConfigError as exc:  # only if nothing was ever loaded
                 log.warning("%s", exc)
+            except Exception:  # a refresh must never stop the next one
+                log.exception("refreshing the proxy list failed")
 
     async def stop(self) -> None:
         if self._refresher is not None:
