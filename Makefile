@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+# The container image: its tag, and the private Docker engine that `make image` starts
+# (scripts/docker-engine.sh; point MTPROXY_DOCKER_SOCK at another engine's socket to use it).
+IMAGE  ?= mtproxy:latest
+MTPROXY_DOCKER_SOCK ?= /run/mtproxy-docker.sock
+export MTPROXY_DOCKER_SOCK
+export DOCKER_HOST ?= unix://$(MTPROXY_DOCKER_SOCK)
+export IMAGE
 
-.PHONY: run test bench lint typecheck clean
+.PHONY: run test test-compat bench clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +33,31 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest $(ARGS)
+	$(MAKE) --no-print-directory test-compat
+
+## test-compat: the relay tests again with cryptography 38, the version the container ships
+##              (Debian bookworm's python3-cryptography), whose update_into needs spare room
+COMPAT := .venv-compat
+$(COMPAT)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install --quiet -e '.[fast,test]' 'cryptography==38.0.4'
+	touch $@
+
+test-compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -c 'import cryptography, sys; sys.exit(cryptography.__version__ != "38.0.4")'
+	$(COMPAT)/bin/pytest -q -p no:cacheprovider tests/integration tests/protocol
 
 ## bench: the performance table (not a test; numbers vary with the machine)
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py $(ARGS)
 
+## image: the container image, built offline (private engine, debootstrap builder, local
+##        wheels); saved as dist/mtproxy-image.tar, prints its compressed and unpacked sizes.
+##        MTPROXY_EXTRAS=fast adds uvloop. Needs root on Debian (apt, debootstrap, dockerd).
+image: | $(BIN)/python
+	PYTHON=$(BIN)/python scripts/build-image.sh
+
 clean:
-	rm -rf $(VENV) dist build src/*.egg-info
+	rm -rf $(VENV) $(COMPAT) dist build src/*.egg-info

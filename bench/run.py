@@ -95,8 +95,12 @@ def process(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+EVENT_LOOP = "auto"
+
+
 def proxy_command(port: int, dc_port: int, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
+           "--event-loop", EVENT_LOOP,
            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
            "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600"]
     for dc in (DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE):
@@ -205,6 +209,7 @@ def middle_files(directory: Path, me_port: int) -> tuple[Path, Path]:
 
 def middle_command(port: int, config: Path, secret: Path, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
+            "--event-loop", EVENT_LOOP,
             "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
             "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600",
             "--tag", AD_TAG, "--proxy-config", str(config), "--proxy-secret", str(secret),
@@ -376,18 +381,52 @@ def echo_latency(
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99)], cpu / count * 1e6
 
 
-def handshakes(pid: int, port: int, count: int, tls: bool) -> tuple[float, float]:
-    """Handshakes per second (sequential, including the DC connect) and CPU per handshake."""
+async def _handshake_worker(port: int, count: int, tls: bool, direct: bool) -> None:
+    import asyncio
+
     packet = struct.pack("<I", 4) + b"ping"
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if direct:
+            header = build_dc_header(Framing.INTERMEDIATE, DC_ECHO).header
+        else:
+            header = build_client_header(SECRET, Framing.INTERMEDIATE, DC_ECHO).header
+        if tls:
+            writer.write(faketls.build_client_hello(SECRET, DOMAIN, int(time.time())))
+            for _record in range(3):
+                head = await reader.readexactly(5)
+                await reader.readexactly(int.from_bytes(head[3:5], "big"))
+            writer.write(faketls.CCS_RECORD + faketls.wrap_records(header + packet))
+            await reader.readexactly(faketls.wrapped_size(len(packet)))
+        else:
+            writer.write(header + packet)
+            await reader.readexactly(len(packet))
+        writer.close()
+        await writer.wait_closed()
+
+
+def handshakes(
+    pid: int, port: int, count: int, tls: bool, parallel: int, direct: bool = False
+) -> tuple[float, float]:
+    """Handshakes per second with ``parallel`` clients, and proxy CPU per handshake.
+
+    Each handshake is a full session: connect, handshake, the proxy's DC connect,
+    one echoed packet, close.
+    """
+    import asyncio
+
+    async def main() -> None:
+        per = count // parallel
+        await asyncio.gather(
+            *(_handshake_worker(port, per, tls, direct) for _ in range(parallel))
+        )
+
     before = cpu_seconds(pid)
     t0 = time.perf_counter()
-    for _ in range(count):
-        client = Client(port, DC_ECHO, tls)
-        client.send(packet)
-        client.recv_some(len(packet))
-        client.close()
+    asyncio.run(main())
     wall = time.perf_counter() - t0
-    return count / wall, (cpu_seconds(pid) - before) / count * 1e6
+    done = count // parallel * parallel
+    return done / wall, (cpu_seconds(pid) - before) / done * 1e6
 
 
 def idle_rss(pid: int, port: int, count: int) -> float:
@@ -416,29 +455,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bytes", type=int, default=1 << 30, help="bytes per bulk transfer")
     parser.add_argument("--echo-count", type=int, default=5000)
-    parser.add_argument("--handshake-count", type=int, default=1000)
+    parser.add_argument("--handshake-count", type=int, default=4000)
+    parser.add_argument("--parallel", type=int, default=16, help="concurrent handshake clients")
     parser.add_argument("--idle", default="1000,5000", help="idle session counts for RSS")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--skip-middle", action="store_true",
                         help="leave out the middle-proxy scenarios")
+    parser.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
+                        help="the proxies' event loop (the container image has no uvloop)")
     args = parser.parse_args()
+    global EVENT_LOOP
+    EVENT_LOOP = args.event_loop
     if args.quick:
-        args.bytes, args.echo_count, args.handshake_count, args.idle = 64 << 20, 500, 100, "200"
+        args.bytes, args.echo_count, args.handshake_count, args.idle = 64 << 20, 500, 160, "200"
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     total = args.bytes
     gib = total / (1 << 30)
-    dc_port, p_plain, p_pass = free_port(), free_port(), free_port()
+    dc_port, p_plain, p_pass, p_bare = free_port(), free_port(), free_port(), free_port()
     rows: list[Row] = []
     direct_cpu: dict[tuple[str, bool], float] = {}
     direct_rss: dict[int, float] = {}
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     dc_cmd = [sys.executable, str(ROOT / "bench" / "dc_server.py"), "--port", str(dc_port),
               "--source-bytes", str(total)]
+    bare_cmd = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", str(p_bare),
+                 "--dc-port", str(dc_port)]
     with process(dc_cmd, dc_port), \
             process(proxy_command(p_plain, dc_port, []), p_plain) as plain, \
-            process(proxy_command(p_pass, dc_port, ["--download-passthrough"]), p_pass) as pt:
-        del env
+            process(proxy_command(p_pass, dc_port, ["--download-passthrough"]), p_pass) as pt, \
+            process(bare_cmd, p_bare) as bare:
         floor = aes_floor(total, 128 * 1024)
         rows.append(Row("AES floor: 2 x AES-256-CTR, CPU s/GiB", f"{floor / gib:.3f}"))
 
@@ -460,18 +505,27 @@ def main() -> int:
             "upload, fake TLS", bulk_upload(plain.pid, p_plain, total, True), 4)
 
         base50, base99, _ = echo_latency(dc_port, args.echo_count, True, None)
+        bare50, bare99, bare_cpu = echo_latency(p_bare, args.echo_count, True, bare.pid)
         p50, p99, cpu = echo_latency(p_plain, args.echo_count, False, plain.pid)
         rows.append(Row("echo RTT without proxy p50 / p99", f"{base50:.0f} / {base99:.0f} us"))
         rows.append(Row("echo RTT through proxy p50 / p99", f"{p50:.0f} / {p99:.0f} us"))
         rows.append(Row("added latency p50 / p99", f"{p50 - base50:.0f} / {p99 - base99:.0f} us"))
-        rows.append(Row("proxy CPU per echoed packet", f"{cpu:.1f} us", "<= 25 us", cpu <= 25))
+        rows.append(Row("added latency, bare uvloop relay p50 / p99",
+                        f"{bare50 - base50:.0f} / {bare99 - base99:.0f} us"))
+        rows.append(Row("CPU per echoed packet: bare uvloop relay (floor)", f"{bare_cpu:.1f} us"))
+        rows.append(Row("CPU per echoed packet: proxy",
+                        f"{cpu:.1f} us = {cpu / bare_cpu:.2f}x floor", "<= 25 us", cpu <= 25))
 
+        par = args.parallel
+        rate, bare_hs = handshakes(bare.pid, p_bare, args.handshake_count, False, par, True)
+        rows.append(Row(f"sessions/s, bare uvloop relay ({par} clients)", f"{rate:.0f}"))
+        rows.append(Row("CPU per session: bare uvloop relay (floor)", f"{bare_hs:.0f} us"))
         for tls in (False, True):
-            rate, per = handshakes(plain.pid, p_plain, args.handshake_count, tls)
+            rate, per = handshakes(plain.pid, p_plain, args.handshake_count, tls, par)
             kind = "fake TLS" if tls else "classic"
-            rows.append(Row(f"handshakes/s ({kind}, sequential, incl. DC connect)", f"{rate:.0f}"))
-            rows.append(Row(f"proxy CPU per handshake ({kind})", f"{per:.0f} us", "<= 250 us",
-                            per <= 250))
+            rows.append(Row(f"handshakes/s, {kind} ({par} clients)", f"{rate:.0f}"))
+            rows.append(Row(f"CPU per handshake, {kind}",
+                            f"{per:.0f} us = {per / bare_hs:.2f}x floor", "<= 250 us", per <= 250))
 
         for count in (int(c) for c in args.idle.split(",")):
             per_conn = idle_rss(pt.pid, p_pass, count)
@@ -534,7 +588,8 @@ def middle_rows(
 def print_table(rows: list[Row], total: int) -> None:
     width = max(len(r.name) for r in rows)
     vwidth = max(len(r.value) for r in rows)
-    print(f"\nmtproxy benchmark ({total >> 20} MiB per transfer, python {sys.version.split()[0]})")
+    print(f"\nmtproxy benchmark ({total >> 20} MiB per transfer, python {sys.version.split()[0]}, "
+          f"event loop {EVENT_LOOP})")
     print(f"{'measure':<{width}}  {'result':<{vwidth}}  target")
     print("-" * (width + vwidth + 20))
     for r in rows:

@@ -25,7 +25,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mtproxy.cli import run, secrets
+    from mtproxy.cli import links, run, secrets
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -35,11 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run.register(sub)
     secrets.register(sub)
+    links.register(sub)
+    sub.add_parser(
+        "entrypoint", add_help=False,
+        help="start like the official container (SECRET, TAG, ... and -H/-p/-S flags)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["entrypoint"]:
+        # Its own parser: it takes the official server's flags, which argparse's
+        # subcommand handling would reject.
+        from mtproxy.cli import entrypoint
+
+        return entrypoint.main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     handler: Command | None = getattr(args, "handler", None)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from mtproxy.cli import CliError
+from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
 from mtproxy.middle import MiddleConfigError
 from mtproxy.protocol.dc import Endpoint, format_endpoint
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     if settings.tag_problem is not None:
         log.warning("%s", settings.tag_problem)
     settings = ensure_secrets(settings)
-    return run_until_signal(serve(settings))
+    return run_until_signal(serve(settings), settings.event_loop)
 
 
 def ensure_secrets(settings: Settings) -> Settings:
@@ -78,17 +79,29 @@ def ensure_secrets(settings: Settings) -> Settings:
     return replace(settings, secrets=tuple(ClientSecret(k, Mode.CLASSIC) for k in keys))
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when installed (or demanded), else the standard loop."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "--event-loop", "uvloop is not installed; pip install uvloop, or use auto"
+            ) from None
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
 
-def run_until_signal(main: Coroutine[Any, Any, int]) -> int:
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+def run_until_signal(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
+    try:
+        factory = event_loop_factory(loop)
+    except ConfigError:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 
 
@@ -168,8 +181,13 @@ def format_links(settings: Settings, host: str, port: int) -> str:
     return "\n".join(lines)
 
 
-async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | None = None) -> int:
-    # Handle signals from the start, so a stop during startup is still a clean one.
+async def serve(
+    settings: Settings,
+    *,
+    ready: Callable[[ProxyServer], None] | None = None,
+    links: bool = True,
+) -> int:
+    """Run until SIGINT/SIGTERM; ``links=False`` when the caller has printed them already."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,13 +213,15 @@ async def serve(settings: Settings, *, ready: Callable[[ProxyServer], None] | No
     else:
         route = "direct to DCs"
     log.info(
-        "listening on %s (modes: %s; %s)",
+        "listening on %s (modes: %s; %s; %s loop)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
         route,
+        type(loop).__module__.split(".")[0],
     )
-    host = await link_host(settings)
-    print(format_links(settings, host, addresses[0][1]), flush=True)
+    if links:
+        host = await link_host(settings)
+        print(format_links(settings, host, addresses[0][1]), flush=True)
     if ready is not None:
         ready(server)
     await stop.wait()

@@ -7,6 +7,7 @@ Each takes what TOML or argparse produced and returns the typed value, or raises
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ Converter = Callable[[Any], Any]
 
 def as_str(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+        raise ValueError(
+            f"expected a string, got {type(value).__name__} {value!r}; write it in quotes"
+        )
     return value
 
 
@@ -38,11 +41,11 @@ def as_bool(value: Any) -> bool:
 def int_range(low: int, high: int | None = None) -> Converter:
     def convert(value: Any) -> int:
         if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not an integer")
+            raise ValueError(f"{value!r} is not an integer; write a whole number")
         try:
             number = value if isinstance(value, int) else int(as_str(value).strip())
         except ValueError:
-            raise ValueError(f"{value!r} is not an integer") from None
+            raise ValueError(f"{value!r} is not an integer; write a whole number") from None
         if number < low or (high is not None and number > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ValueError(f"{number} is out of range; use a value {bound}")
@@ -54,11 +57,13 @@ def int_range(low: int, high: int | None = None) -> Converter:
 def float_range(low: float, high: float | None = None) -> Converter:
     def convert(value: Any) -> float:
         if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not a number")
+            raise ValueError(f"{value!r} is not a number; write e.g. {low:g}")
         try:
             number = float(value) if isinstance(value, int | float) else float(as_str(value))
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number") from None
+        except (ValueError, OverflowError):
+            raise ValueError(f"{value!r} is not a number; write e.g. {low:g}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number; write e.g. {low:g}")
         if number < low or (high is not None and number > high):
             bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
             raise ValueError(f"{number:g} is out of range; use a value {bound}")
@@ -136,21 +141,27 @@ def host(value: Any) -> str:
     except ValueError:
         pass
     if not is_valid_domain(text):
-        raise ValueError(f"{value!r} is neither an IP address nor a host name")
+        raise ValueError(
+            f"{value!r} is neither an IP address nor a host name; "
+            "write e.g. 203.0.113.5 or proxy.example.com"
+        )
     return text
 
 
 def path(value: Any) -> Path:
     text = as_str(value).strip()
     if not text:
-        raise ValueError("empty path")
-    return Path(text).expanduser()
+        raise ValueError("empty path; give a directory, e.g. /var/lib/mtproxy")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~user" for an unknown user
+        raise ValueError(f"{text!r}: cannot expand '~'; give an absolute path") from None
 
 
 def url(value: Any) -> str:
     text = as_str(value).strip()
     if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http(s) URL")
+        raise ValueError(f"{text!r} is not an http(s) URL; write e.g. https://api.ipify.org")
     return text
 
 
@@ -159,6 +170,16 @@ def log_level(value: Any) -> str:
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"{value!r} is not a log level; use debug, info, warning or error")
     return text
+
+
+def choice(*allowed: str) -> Converter:
+    def convert(value: Any) -> str:
+        text = as_str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"{value!r} is not allowed; use one of: {', '.join(allowed)}")
+        return text
+
+    return convert
 
 
 def optional_text(value: Any) -> str | None:
@@ -172,8 +193,13 @@ def source(value: Any) -> str:
     if not raw:
         raise ValueError("empty value; give a file path or an http(s) URL")
     if "://" in raw:
-        return url(raw)
-    return str(Path(raw).expanduser())
+        if not raw.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{raw!r} is neither an http(s) URL nor a file path; write e.g. "
+                "https://core.telegram.org/getProxyConfig or /etc/mtproxy/proxy-multi.conf"
+            )
+        return raw
+    return str(path(raw))
 
 
 def nat_info(value: Any) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from mtproxy.config.errors import ConfigError
 from mtproxy.protocol.dc import Endpoint
 from mtproxy.protocol.errors import SecretError
 from mtproxy.protocol.secret import ClientSecret, Mode, parse_hex32
+from mtproxy.telegram_config import CONFIG_URL, CONFIG_V6_URL, SECRET_URL
 
 ALL_MODES = frozenset(Mode)
 DEFAULT_TLS_DOMAIN = "www.google.com"
@@ -29,9 +30,9 @@ DEFAULT_IP_SERVICES = (
     "https://icanhazip.com",
     "https://ipinfo.io/ip",
 )
-DEFAULT_PROXY_CONFIG_URL = "https://core.telegram.org/getProxyConfig"
-DEFAULT_PROXY_CONFIG_V6_URL = "https://core.telegram.org/getProxyConfigV6"
-DEFAULT_PROXY_SECRET_URL = "https://core.telegram.org/getProxySecret"
+DEFAULT_PROXY_CONFIG_URL = CONFIG_URL
+DEFAULT_PROXY_CONFIG_V6_URL = CONFIG_V6_URL
+DEFAULT_PROXY_SECRET_URL = SECRET_URL
 
 
 def default_data_dir() -> Path:
@@ -69,6 +70,7 @@ class Settings:
     keepalive: int = 60
     backlog: int = 1024
     log_level: str = "INFO"
+    event_loop: str = "auto"
     # -- middle-proxy mode ---------------------------------------------------------------
     tag: str | None = None
     middle_proxy: bool = False
@@ -167,7 +169,8 @@ OPTIONS: list[Option] = [
     Option("replay_cache_size", ("--replay-cache-size",), cv.int_range(1, 50_000_000),
            "handshakes remembered for replay protection", metavar="N"),
     Option("replay_window", ("--replay-window",), cv.float_range(10, 86400),
-           "how long handshakes are remembered, and the oldest fake-TLS timestamp accepted",
+           "age of the oldest fake-TLS timestamp accepted; handshakes are remembered this long "
+           "plus --tls-max-future",
            metavar="SECONDS"),
     Option("tls_max_future", ("--tls-max-future",), cv.float_range(0, 86400),
            "how far ahead of our clock a fake-TLS timestamp may be", metavar="SECONDS"),
@@ -178,8 +181,10 @@ OPTIONS: list[Option] = [
     Option("backlog", ("--backlog",), cv.int_range(1, 65535), "listen backlog", metavar="N"),
     Option("log_level", ("--log-level",), cv.log_level, "debug, info, warning or error",
            metavar="LEVEL"),
-    Option("tag", ("--tag", "-P"), cv.optional_text, "ad tag from @MTProxybot (32 hex characters); "
-           "turns on middle-proxy mode", metavar="HEX32"),
+    Option("event_loop", ("--event-loop",), cv.choice("auto", "uvloop", "asyncio"),
+           "auto (uvloop when installed), uvloop or asyncio", metavar="LOOP"),
+    Option("tag", ("--tag", "-P"), cv.optional_text, "ad tag from @MTProxybot (32 hex "
+           "characters); turns on middle-proxy mode", metavar="HEX32"),
     Option("middle_proxy", ("--middle-proxy",), cv.as_bool, "relay through Telegram's "
            "middle-proxies even without an ad tag", switch=True),
     Option("proxy_config", ("--proxy-config",), cv.source, "Telegram's proxy list for "
@@ -298,15 +303,18 @@ def _derive(s: Settings) -> Settings:
         raise ConfigError("secrets", f"{len(s.secrets)} secrets given; at most 16 are supported")
     domains = list(s.tls_domains)
     for secret in s.secrets:
-        if secret.domain and secret.domain not in domains:
-            domains.append(secret.domain)
+        # The handshake compares the client's SNI lowercased.
+        name = secret.domain.lower() if secret.domain else None
+        if name and name not in domains:
+            domains.append(name)
     if Mode.TLS in s.modes and not domains:
         domains.append(DEFAULT_TLS_DOMAIN)
     low, high = s.middle_min_connections, s.middle_max_connections
     if low is not None and high is not None and low > high:
         raise ConfigError(
             "middle_min_connections",
-            f"{low} is more than middle_max_connections {high}; lower it or raise the maximum",
+            f"{low} is more than middle_max_connections {high}; use a minimum no larger "
+            "than the maximum",
         )
     mask = s.mask
     if not s.mask_given and domains and Mode.TLS in s.modes:

@@ -36,12 +36,15 @@ from mtproxy.protocol.proxy_config import (
 )
 from mtproxy.proxy.stats import ProxyStats
 from mtproxy.state import atomic_write
+from mtproxy.telegram_config import CONFIG_FILE, CONFIG_V6_FILE, SECRET_FILE
 
 log = logging.getLogger("mtproxy.middle.config")
 
-CONFIG_CACHE: Final = "proxy-multi.conf"
-CONFIG_V6_CACHE: Final = "proxy-multi-v6.conf"
-SECRET_CACHE: Final = "proxy-secret"
+#: Cache file names in the data directory: the ones the container entrypoint saves
+#: its start-up downloads under (mtproxy.telegram_config), so each uses the other's.
+CONFIG_CACHE: Final = CONFIG_FILE
+CONFIG_V6_CACHE: Final = CONFIG_V6_FILE
+SECRET_CACHE: Final = SECRET_FILE
 #: Telegram's own lists always name the five production DCs; a download missing one
 #: was cut short. Other sources (tests, private mirrors) may list fewer.
 PRODUCTION_DCS: Final = (1, 2, 3, 4, 5)

@@ -83,7 +83,9 @@ def parse_endpoint(
             raise DcSpecError(f"{text!r}: missing port")
         return host, default_port
     lowest = 0 if allow_port_zero else 1
-    if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+    # str.isdigit() also admits digits such as '²' that int() refuses: check ASCII first.
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not digits or not lowest <= int(port_text) < 65536:
         raise DcSpecError(f"{text!r}: port must be {lowest}-65535")
     return host, int(port_text)
 

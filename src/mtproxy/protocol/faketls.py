@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mtproxy.protocol.errors import TlsError
 
@@ -96,6 +97,8 @@ class _Cursor:
 
 def hello_record_length(head: bytes) -> int:
     """Total length of the ClientHello record whose first 5 bytes are ``head``."""
+    if len(head) < RECORD_HEADER_LEN:
+        raise TlsError("a TLS record header is 5 bytes")
     if head[0] != TYPE_HANDSHAKE or head[1] != 3 or head[2] not in (1, 3):
         raise TlsError("not a TLS handshake record")
     length = int.from_bytes(head[3:5], "big")
@@ -184,7 +187,7 @@ def choose_cipher_suite(suites: Sequence[int]) -> int:
 
 def x25519_public() -> bytes:
     """A real X25519 public value, so the key share is a point on the curve."""
-    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+    return X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def build_server_hello(
@@ -309,33 +312,47 @@ class RecordReader:
         self._skip = False
 
     def unwrap(self, buf: memoryview, n: int) -> int:
-        """Compact the payload bytes of ``buf[:n]`` to its front; return their count."""
+        """Compact the payload bytes of ``buf[:n]`` to its front; return their count.
+
+        This runs once per read on the upload path of every fake-TLS client, so the
+        common case (whole record headers inside the buffer) avoids helper calls.
+        """
         i = out = 0
-        head = self._head
-        while i < n:
-            if self._remaining == 0:
-                take = min(RECORD_HEADER_LEN - len(head), n - i)
-                head += buf[i : i + take]
-                i += take
-                if len(head) < RECORD_HEADER_LEN:
-                    break
-                self._start_record(head)
-                head.clear()
-                continue
-            take = min(self._remaining, n - i)
-            if self._skip:
-                if buf[i : i + take] != b"\x01" * take:
-                    raise TlsError("malformed ChangeCipherSpec record")
-            else:
-                if out != i:
-                    buf[out : out + take] = buf[i : i + take]
-                out += take
-            i += take
-            self._remaining -= take
+        remaining = self._remaining
+        try:
+            while i < n:
+                if remaining:
+                    take = remaining if remaining < n - i else n - i
+                    if self._skip:
+                        if buf[i] != 1:
+                            raise TlsError("malformed ChangeCipherSpec record")
+                    else:
+                        if out != i:
+                            buf[out : out + take] = buf[i : i + take]
+                        out += take
+                    i += take
+                    remaining -= take
+                    continue
+                if self._head or n - i < RECORD_HEADER_LEN:
+                    take = min(RECORD_HEADER_LEN - len(self._head), n - i)
+                    self._head += buf[i : i + take]
+                    i += take
+                    if len(self._head) < RECORD_HEADER_LEN:
+                        break
+                    head = self._head
+                    remaining = self._start_record(head[0], head[1], head[2], head[3], head[4])
+                    head.clear()
+                else:
+                    remaining = self._start_record(
+                        buf[i], buf[i + 1], buf[i + 2], buf[i + 3], buf[i + 4]
+                    )
+                    i += RECORD_HEADER_LEN
+        finally:
+            self._remaining = remaining
         return out
 
-    def _start_record(self, head: bytearray) -> None:
-        kind, major, minor, length = head[0], head[1], head[2], (head[3] << 8) | head[4]
+    def _start_record(self, kind: int, major: int, minor: int, high: int, low: int) -> int:
+        length = (high << 8) | low
         if major != 3 or minor != 3:
             raise TlsError(f"unexpected record version {major}.{minor}")
         if kind == TYPE_APPDATA:
@@ -348,9 +365,7 @@ class RecordReader:
             self._skip = True
         else:
             raise TlsError(f"unexpected TLS record type {kind:#x}")
-        self._remaining = length
-        if length == 0:
-            self._skip = False
+        return length
 
 
 def wrapped_size(n: int, max_record: int = MAX_RECORD_OUT) -> int:

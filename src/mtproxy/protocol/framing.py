@@ -50,9 +50,9 @@ class Packet:
 def _packet_head(framing: Framing, length: int, quickack: bool, pad: int) -> bytes:
     if length == 0 or length > MAX_PACKET:
         raise FramingError(f"packet length {length} out of range")
+    if length % 4:
+        raise FramingError("packets must be a multiple of 4 bytes")
     if framing is Framing.ABRIDGED:
-        if length % 4:
-            raise FramingError("abridged packets must be a multiple of 4 bytes")
         words = length // 4
         flag = QUICKACK_ABRIDGED if quickack else 0
         if words < 0x7F:
@@ -60,6 +60,11 @@ def _packet_head(framing: Framing, length: int, quickack: bool, pad: int) -> byt
         return bytes([0x7F | flag]) + words.to_bytes(3, "little")
     flag = QUICKACK_INTERMEDIATE if quickack else 0
     return struct.pack("<I", (length + pad) | flag)
+
+
+def _padding(length: int, random_bytes: Callable[[int], bytes]) -> int:
+    # A maximal packet gets no tail: the padding counts towards the reader's limit.
+    return min(random_bytes(1)[0] & 3, max(0, MAX_PACKET - length))
 
 
 def encode_packet(
@@ -72,7 +77,7 @@ def encode_packet(
     """Frame one packet; the padded framing appends 0-3 random tail bytes."""
     if framing is not Framing.PADDED:
         return _packet_head(framing, len(payload), quickack, 0) + payload
-    pad = random_bytes(1)[0] & 3
+    pad = _padding(len(payload), random_bytes)
     return _packet_head(framing, len(payload), quickack, pad) + payload + random_bytes(pad)
 
 
@@ -90,7 +95,7 @@ def encode_packet_into(
     """:func:`encode_packet` into ``out`` (payload + PACKET_OVERHEAD_MAX bytes at least),
     so that big packets need no fresh allocation; returns the framed size."""
     length = len(payload)
-    pad = random_bytes(1)[0] & 3 if framing is Framing.PADDED else 0
+    pad = _padding(length, random_bytes) if framing is Framing.PADDED else 0
     head = _packet_head(framing, length, False, pad)
     start, end = len(head), len(head) + length
     if len(out) < end + pad:

@@ -20,7 +20,7 @@ from mtproxy.protocol.errors import SecretError
 SECRET_LEN = 16
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 _LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-_DOMAIN = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)*[a-zA-Z0-9-]+$")
+_DOMAIN = re.compile(rf"(?=.{{1,253}}\Z)({_LABEL}\.)*{_LABEL}")
 
 
 class Mode(enum.Enum):
@@ -46,7 +46,7 @@ def generate_secret() -> bytes:
 
 
 def is_valid_domain(domain: str) -> bool:
-    return bool(_DOMAIN.match(domain))
+    return bool(_DOMAIN.fullmatch(domain))
 
 
 def parse_hex32(text: str) -> bytes:

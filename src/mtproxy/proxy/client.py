@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from mtproxy.protocol import faketls
-from mtproxy.protocol.crypto import CipherContext
+from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.handshake import Accepted, Rejected, Reply, ServerHandshake
 from mtproxy.protocol.secret import Mode
@@ -32,6 +32,8 @@ _RECORD = struct.Struct(">BHH")
 _APPDATA = faketls.TYPE_APPDATA
 _TLS12 = 0x0303
 _MAX_RECORD = faketls.MAX_RECORD_OUT
+#: Client bytes held while the upstream connection is being opened.
+EARLY_LIMIT = 256 * 1024
 
 
 class Upstream(Protocol):
@@ -48,6 +50,7 @@ class Upstream(Protocol):
 
 class ClientConnection(asyncio.BufferedProtocol):
     __slots__ = (
+        "_sockname",
         "accepted",
         "active",
         "buffers",
@@ -65,7 +68,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         "reading_paused",
         "records",
         "server",
-        "sockname",
         "stats",
         "timer",
         "transport",
@@ -82,7 +84,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         #: The client's address and the local address it reached (a PROXY protocol
         #: header from a load balancer replaces both with the real ones).
         self.peername: tuple[str, int] = ("?", 0)
-        self.sockname: tuple[str, int] = ("?", 0)
+        self._sockname: tuple[str, int] | None = None
         self.handshake: ServerHandshake | None = ServerHandshake(server.policy)
         self.on_data: Callable[[memoryview], None] = self._handshake_data
         self.timer: asyncio.TimerHandle | None = None
@@ -110,9 +112,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peername = (peer[0], peer[1])
-        local = transport.get_extra_info("sockname")
-        if local:
-            self.sockname = (local[0], local[1])
         self.stats.connections_active += 1
         self.stats.connections_total += 1
         self.server.sessions.add(self)
@@ -120,8 +119,20 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.server.settings.handshake_timeout, self._handshake_timeout
         )
 
+    @property
+    def sockname(self) -> tuple[str, int]:
+        """The local address the client reached (looked up only when someone asks)."""
+        if self._sockname is None:
+            local = self.transport.get_extra_info("sockname") if self.transport else None
+            self._sockname = (local[0], local[1]) if local else ("?", 0)
+        return self._sockname
+
+    @sockname.setter
+    def sockname(self, value: tuple[str, int]) -> None:
+        self._sockname = value
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.inview
+        return self.buffers.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.active = True
@@ -219,8 +230,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.user = user
         user.connections_active += 1
         user.connections_total += 1
+        self.stats.bytes_from_clients += len(self.early)
+        user.bytes_from_client += len(self.early)
         self.on_data = self._relay_data
-        self.pause_reading()
         self.connect_task = server.open_upstream(self, accepted)
 
     def _reject(self, event: Rejected) -> None:
@@ -235,6 +247,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.close()
             return
         raw = bytes(handshake.raw) if handshake is not None else b""
+        if self.peername in self.server.mask_sources:
+            log.warning(
+                "the mask host %s leads back to this proxy; set --mask to another host",
+                mask,
+            )
+            self.close(abort=True)
+            return
         if mask is None:
             # Like the official server's skip mode: read and discard until the client
             # gives up; a closed socket would tell a prober more.
@@ -259,7 +278,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
-            self._count_in(len(early))
             peer.send(early)
         if self.eof:
             peer.write_eof()
@@ -287,11 +305,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self.transport.abort()
 
-    def _count_in(self, n: int) -> None:
-        self.stats.bytes_from_clients += n
-        if self.user is not None:
-            self.user.bytes_from_client += n
-
     def _relay_data(self, view: memoryview) -> None:
         records = self.records
         if records is not None:
@@ -304,8 +317,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             view = view[:n]
         assert self.decryptor is not None
-        self.decryptor.update_into(view, view)
         n = len(view)
+        self.decryptor.update_into(view, self.buffers.inview[: n + CTR_SLACK])
         self.stats.bytes_from_clients += n
         user = self.user
         if user is not None:
@@ -314,7 +327,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if upstream is not None:
             upstream.send(view)
         else:
+            # Still connecting upstream: hold a little, then stop reading.
             self.early += bytes(view)
+            if len(self.early) >= EARLY_LIMIT:
+                self.pause_reading()
 
     def _mask_data(self, view: memoryview) -> None:
         if self.upstream is not None:
@@ -346,34 +362,32 @@ class ClientConnection(asyncio.BufferedProtocol):
         if user is not None:
             user.bytes_to_client += n
         buffers = self.buffers
-        if self.records is None:
-            if cipher is None:
-                if isinstance(data, memoryview):
-                    buffers.write_in(transport, data)
-                else:
-                    transport.write(data)
-                return
-            start = 0
-            while start < n:
-                out = buffers.outview
-                m = min(len(out), n - start)
-                chunk = out[:m]
-                cipher.update_into(data[start : start + m], chunk)
-                buffers.write_out(transport, chunk)
-                start += m
+        if isinstance(data, memoryview) and data.obj is buffers.inbuf:
+            # A prefix of the shared receive buffer: encrypt in place and write it out,
+            # as TLS records cut out of it (uvloop sends the pieces with one writev).
+            if cipher is not None:
+                cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
+            if self.records is None:
+                buffers.write_in(transport, data)
+            else:
+                buffers.writelines_in(transport, _record_pieces(data, n))
             return
+        # Immutable bytes (middle-end answers): encrypt into the shared send buffer.
         out = buffers.outview
         pos = start = 0
+        header = 0 if self.records is None else faketls.RECORD_HEADER_LEN
+        step = _MAX_RECORD if header else len(out)
         while start < n:
-            m = min(_MAX_RECORD, n - start)
-            if pos + 5 + m > len(out):
+            m = min(step, n - start)
+            if pos + header + m > len(out):
                 buffers.write_out(transport, out[:pos])
                 out = buffers.outview
                 pos = 0
-            _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
-            pos += 5
+            if header:
+                _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
+                pos += header
             if cipher is not None:
-                cipher.update_into(data[start : start + m], out[pos : pos + m])
+                cipher.update_into(data[start : start + m], out[pos : pos + m + CTR_SLACK])
             else:
                 out[pos : pos + m] = data[start : start + m]
             pos += m
@@ -393,3 +407,19 @@ class ClientConnection(asyncio.BufferedProtocol):
 
 def _discard(view: memoryview) -> None:
     return None
+
+
+_FULL_RECORD_HEADER = faketls.record_header(_MAX_RECORD)
+
+
+def _record_pieces(data: memoryview, n: int) -> list[bytes | memoryview]:
+    """Record headers interleaved with slices of ``data``, for ``writelines``."""
+    if n <= _MAX_RECORD:
+        return [faketls.record_header(n), data]
+    pieces: list[bytes | memoryview] = []
+    for start in range(0, n, _MAX_RECORD):
+        chunk = data[start : start + _MAX_RECORD]
+        size = len(chunk)
+        pieces.append(_FULL_RECORD_HEADER if size == _MAX_RECORD else faketls.record_header(size))
+        pieces.append(chunk)
+    return pieces

@@ -47,9 +47,6 @@ class DirectUpstreams:
         first = dc_side.header
         if client.early:
             first += dc_side.encryptor.update(client.early)
-            client.stats.bytes_from_clients += len(client.early)
-            if client.user is not None:
-                client.user.bytes_from_client += len(client.early)
             client.early = b""
         deliver = client.send_obfs if passthrough is not None else client.send_plain
         decryptor = None if passthrough is not None else dc_side.decryptor

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from mtproxy.protocol.crypto import CipherContext
+from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.sockets import set_keepalive
 
@@ -62,19 +62,20 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.keepalive:
-            set_keepalive(sock, self.keepalive)
+            set_keepalive(sock, self.keepalive, probes=False)
         if self.first:
             self.transport.write(self.first)
         self.first = b""
         self.client.peer_ready(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.inview
+        return self.buffers.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self.buffers.inview[:nbytes]
+        full = self.buffers.inview
+        view = full[:nbytes]
         if self.decryptor is not None:
-            self.decryptor.update_into(view, view)
+            self.decryptor.update_into(view, full[: nbytes + CTR_SLACK])
         self.deliver(view)
 
     def eof_received(self) -> bool:
@@ -94,13 +95,20 @@ class PeerConnection(asyncio.BufferedProtocol):
     # -- used by the client ------------------------------------------------------------
 
     def send(self, data: memoryview) -> None:
-        """Client plaintext -> peer; ``data`` is ours to encrypt in place."""
+        """Client plaintext -> peer; ``data`` is ours to encrypt in place.
+
+        It is normally a prefix of the shared receive buffer (see buffers.py).
+        """
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        buffers = self.buffers
         if self.encryptor is not None:
-            self.encryptor.update_into(data, data)
-        self.buffers.write_in(transport, data)
+            if data.obj is buffers.inbuf:
+                self.encryptor.update_into(data, buffers.inview[: len(data) + CTR_SLACK])
+            else:
+                in_place(self.encryptor, data)
+        buffers.write_in(transport, data)
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -121,3 +129,34 @@ class PeerConnection(asyncio.BufferedProtocol):
                 self.transport.abort()
             else:
                 self.transport.close()
+
+
+class MaskConnection(PeerConnection):
+    """A connection to the mask host that records its own address while it lives.
+
+    If the mask host is this proxy itself (a TLS domain pointing back at us), the
+    forwarded probe arrives as a new client, fails again and would be forwarded
+    again, forever. The server checks rejected clients against these addresses and
+    drops such a loop at its second hop.
+    """
+
+    __slots__ = ("_registry", "_source")
+
+    def __init__(
+        self, client: ClientConnection, first: bytes, registry: set[tuple[str, int]]
+    ) -> None:
+        super().__init__(client, client.send_raw, first=first)
+        self._registry = registry
+        self._source: tuple[str, int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        local = transport.get_extra_info("sockname")
+        if local:
+            self._source = (local[0], local[1])
+            self._registry.add(self._source)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._source is not None:
+            self._registry.discard(self._source)
+        super().connection_lost(exc)

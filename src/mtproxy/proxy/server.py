@@ -17,7 +17,7 @@ from mtproxy.protocol.replay import ReplayCache, ReplayGuard
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.direct import DirectUpstreams
-from mtproxy.proxy.peer import PeerConnection
+from mtproxy.proxy.peer import MaskConnection
 from mtproxy.proxy.sockets import listening_socket
 from mtproxy.proxy.stats import ProxyStats, UserStats
 
@@ -54,7 +54,10 @@ class ProxyServer:
             UserStats(f"secret{i + 1}") for i in range(len(settings.secrets))
         ]
         self.buffers = SharedBuffers(settings.buffer_size)
-        self.replay = replay or ReplayCache(settings.replay_cache_size, settings.replay_window)
+        # Entries must outlive every timestamp the time check accepts, which reaches
+        # tls_max_future past a hello's arrival plus replay_window after it.
+        window = settings.replay_window + settings.tls_max_future
+        self.replay = replay or ReplayCache(settings.replay_cache_size, window)
         self.policy = HandshakePolicy(
             secrets=settings.secret_keys,
             modes=settings.modes,
@@ -72,6 +75,8 @@ class ProxyServer:
             self.upstreams = DirectUpstreams(self)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         self.sessions: set[ClientConnection] = set()
+        #: Local addresses of our connections to the mask host (see MaskConnection).
+        self.mask_sources: set[tuple[str, int]] = set()
         self._given_sockets = list(listen_sockets)
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -97,7 +102,7 @@ class ProxyServer:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 await self.loop.create_connection(
-                    lambda: PeerConnection(client, client.send_raw, first=raw), *mask
+                    lambda: MaskConnection(client, raw, self.mask_sources), *mask
                 )
         except (OSError, TimeoutError) as exc:
             log.debug("mask host %s unreachable: %s", format_endpoint(mask), exc)

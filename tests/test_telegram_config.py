@@ -1,0 +1,115 @@
+"""Downloading Telegram's proxy config and secret with a saved copy to fall back on."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mtproxy.protocol.proxy_config import MAX_CONFIG_BYTES
+from mtproxy.telegram_config import (
+    FetchError,
+    download,
+    fetch_with_cache,
+    validate_config,
+    validate_secret,
+)
+
+CONFIG = b"default 2;\nproxy_for 2 149.154.161.144:8888;\n"
+OLD_CONFIG = b"proxy_for 2 91.108.56.1:8888;\n"
+HTML = b"<html><body>oops</body></html>"
+
+
+class Web:
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, bytes]] = {}
+        routes = self.routes
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = routes.get(self.path, (404, b""))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+
+@pytest.fixture
+def web() -> Iterator[Web]:
+    fake = Web()
+    thread = threading.Thread(target=fake.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+        thread.join(5)
+
+
+def test_good_download_is_saved(tmp_path: Path, web: Web) -> None:
+    web.routes["/c"] = (200, CONFIG)
+    cache = tmp_path / "sub" / "proxy-config"
+    stale: list[str] = []
+    assert fetch_with_cache(web.url("/c"), cache, validate_config, on_stale=stale.append) == CONFIG
+    assert cache.read_bytes() == CONFIG
+    assert stale == []
+    assert [p.name for p in cache.parent.iterdir()] == ["proxy-config"]
+
+
+@pytest.mark.parametrize("answer", [(404, b""), (200, HTML), (200, b"proxy_for 2")])
+def test_bad_download_uses_the_saved_copy(
+    tmp_path: Path, web: Web, answer: tuple[int, bytes]
+) -> None:
+    web.routes["/c"] = answer
+    cache = tmp_path / "proxy-config"
+    cache.write_bytes(OLD_CONFIG)
+    stale: list[str] = []
+    assert fetch_with_cache(web.url("/c"), cache, validate_config, on_stale=stale.append) == (
+        OLD_CONFIG
+    )
+    assert len(stale) == 1 and web.url("/c") in stale[0]
+    assert cache.read_bytes() == OLD_CONFIG
+
+
+def test_no_download_and_no_copy(tmp_path: Path, web: Web) -> None:
+    with pytest.raises(FetchError, match=r"HTTP 404.*no saved copy"):
+        fetch_with_cache(web.url("/missing"), tmp_path / "c", validate_config)
+
+
+def test_no_download_and_a_bad_copy(tmp_path: Path, web: Web) -> None:
+    (tmp_path / "s").write_bytes(b"\x00" * 64)
+    with pytest.raises(FetchError, match="unusable too"):
+        fetch_with_cache(web.url("/missing"), tmp_path / "s", validate_secret)
+
+
+def test_unsaveable_download_is_still_returned(tmp_path: Path, web: Web) -> None:
+    web.routes["/s"] = (200, bytes(range(1, 129)))
+    cache = tmp_path / "proxy-secret"
+    cache.mkdir()
+    unsaved: list[str] = []
+    data = fetch_with_cache(web.url("/s"), cache, validate_secret, on_unsaved=unsaved.append)
+    assert data == bytes(range(1, 129))
+    assert len(unsaved) == 1 and "cannot save" in unsaved[0]
+
+
+def test_oversized_download_is_refused(web: Web) -> None:
+    web.routes["/big"] = (200, b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(FetchError, match="more than"):
+        download(web.url("/big"))
+
+
+def test_unreachable_server() -> None:
+    with pytest.raises(FetchError, match="cannot download"):
+        download("http://127.0.0.1:1/x", timeout=2)
