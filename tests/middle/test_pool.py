@@ -311,3 +311,33 @@ async def test_stats_gauges_follow_the_pool(tmp_path: Path) -> None:
             assert server.stats.me_connects == 3
             assert server.stats.me_targets_ready == 1
         assert server.stats.me_targets == 0
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+async def test_ipv6_list_with_prefer_ipv6(tmp_path: Path) -> None:
+    """Keys over IPv6 mix in both 16-byte addresses; the v6 list wins with --prefer-ipv6."""
+    async with (
+        FakeMiddleEnd(PROXY_SECRET, host="::1") as me6,
+        FakeMiddleEnd(PROXY_SECRET) as me4,
+    ):
+        config, secret = write_inputs(tmp_path / "in", {2: [me4.address]})
+        config_v6 = tmp_path / "in" / "proxy-multi-v6.conf"
+        config_v6.write_text(config_text({2: [me6.address]}))
+        cli = middle_settings(
+            tmp_path / "data", config, secret, proxy_config_v6=str(config_v6), prefer_ipv6=True
+        )
+        async with running_proxy(cli) as server:
+            client = await open_client(server, TAG_INTERMEDIATE, dc_id=2)
+            data = await echo_ok(client)
+            assert me6.requests[-1].payload == data and not me4.requests
+            assert server.stats.me_targets == 2  # both lists' addresses have pools
+            client.close()

@@ -62,6 +62,9 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     if settings.tag_problem is not None:
         log.warning("%s", settings.tag_problem)
+    if settings.middle_mode and settings.download_passthrough:
+        log.warning("--download-passthrough does nothing in middle-proxy mode (answers are "
+                    "re-framed for each client); drop it or the tag")
     settings = ensure_secrets(settings)
     return run_until_signal(serve(settings), settings.event_loop)
 
