@@ -336,8 +336,17 @@ async def test_ipv6_list_with_prefer_ipv6(tmp_path: Path) -> None:
             tmp_path / "data", config, secret, proxy_config_v6=str(config_v6), prefer_ipv6=True
         )
         async with running_proxy(cli) as server:
-            client = await open_client(server, TAG_INTERMEDIATE, dc_id=2)
-            data = await echo_ok(client)
-            assert me6.requests[-1].payload == data and not me4.requests
+            await me6.wait_ready_connections(1)
+            await me4.wait_ready_connections(1)
+            clients = [await open_client(server, TAG_INTERMEDIATE, dc_id=2) for _ in range(6)]
+            for client in clients:
+                data = await echo_ok(client)
+                assert me6.requests[-1].payload == data
+            assert not me4.requests
             assert server.stats.me_targets == 2  # both lists' addresses have pools
-            client.close()
+            await me6.stop()  # the IPv6 side goes away: IPv4 takes over
+            fallback = await open_client(server, TAG_INTERMEDIATE, dc_id=2)
+            data = await echo_ok(fallback)
+            assert me4.requests[-1].payload == data
+            for client in [*clients, fallback]:
+                client.close()

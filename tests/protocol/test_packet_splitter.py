@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.errors import FramingError
 from mtproxy.protocol.framing import (
     PACKET_OVERHEAD_MAX,
@@ -34,9 +35,10 @@ payloads = st.lists(
     packets=payloads,
     cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20),
     seed=st.integers(min_value=0, max_value=255),
+    pooled=st.booleans(),
 )
 def test_same_packets_as_packet_reader(
-    framing: Framing, packets: list[tuple[int, bool]], cuts: list[int], seed: int
+    framing: Framing, packets: list[tuple[int, bool]], cuts: list[int], seed: int, pooled: bool
 ) -> None:
     bodies = [bytes((seed + i + j) & 0xFF for j in range(size)) for i, (size, _) in
               enumerate(packets)]
@@ -45,14 +47,23 @@ def test_same_packets_as_packet_reader(
         for body, (_, ack) in zip(bodies, packets, strict=True)
     )
     bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
-    splitter, reader = PacketSplitter(framing), PacketReader(framing)
+    # A pool shared with another splitter that scribbles over whatever it is given.
+    pool = BufferPool(keep=2) if pooled else None
+    other = PacketSplitter(framing, pool=pool)
+    splitter, reader = PacketSplitter(framing, pool=pool), PacketReader(framing)
     got: list[tuple[bytes, bool]] = []
     expected: list[tuple[bytes, bool]] = []
     for start, end in itertools.pairwise(bounds):
         buffer = bytearray(stream[start:end])
         for payload, ack in splitter.feed(memoryview(buffer)):
             got.append((bytes(payload), ack))  # copy before the buffer is reused
+        splitter.release()
         buffer[:] = bytes(len(buffer))  # the caller reuses its buffer
+        if pool is not None:  # whatever went back to the pool gets overwritten
+            junk = encode_packet(framing, b"\xee" * 2000)
+            other.feed(junk[:1500])
+            other.feed(junk[1500:])
+            other.release()
         expected += [(p.payload, p.quickack) for p in reader.feed(stream[start:end])]
     assert got == expected
     assert got == [(body, ack) for body, (_, ack) in zip(bodies, packets, strict=True)]
@@ -124,3 +135,20 @@ def test_encode_packet_into_matches_encode_packet(
     assert bytes(out[:size]) == encode_packet(framing, payload, random_bytes=rand)
     with pytest.raises(ValueError):
         encode_packet_into(framing, payload, bytearray(len(payload)), random_bytes=rand)
+
+
+def test_pooled_buffers_are_bounded_and_reused() -> None:
+    pool = BufferPool(keep=2)
+    body = bytes(300_000)
+    wire = encode_packet(Framing.INTERMEDIATE, body)
+    splitters = [PacketSplitter(Framing.INTERMEDIATE, pool=pool) for _ in range(10)]
+    for splitter in splitters:  # ten clients, each sends one big packet in two reads
+        assert splitter.feed(wire[:200_000]) == []
+        [(payload, _)] = splitter.feed(wire[200_000:])
+        assert len(payload) == len(body)
+        splitter.release()
+    # Idle clients hold nothing; the pool keeps at most two buffers.
+    assert all(s.buffered == 0 for s in splitters)
+    assert pool.idle <= 2 * (len(wire) + 16)
+    taken = pool.take(len(wire))
+    assert len(taken) >= len(wire)

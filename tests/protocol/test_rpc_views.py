@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rpc import MiniServer, good_reply, new_client, run_handshake
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.rpc import CloseExt, Ping, Pong, ProxyAns, RpcCodec, RpcError, RpcKeys
 
 KEYS_C = RpcKeys(bytes(range(32)), bytes(range(16)), bytes(range(32, 64)), bytes(range(16, 32)))
@@ -23,8 +24,8 @@ payloads = st.lists(
 )
 
 
-def pair(crc32c_on: bool) -> tuple[RpcCodec, RpcCodec]:
-    client, server = RpcCodec(), RpcCodec()
+def pair(crc32c_on: bool, pool: BufferPool | None = None) -> tuple[RpcCodec, RpcCodec]:
+    client, server = RpcCodec(pool=pool), RpcCodec(pool=pool)
     server.feed(client.encode(b"NNNN" * 8))
     client.feed(server.encode(b"MMMM" * 8))
     client.start_encryption(KEYS_C)
@@ -68,7 +69,9 @@ def test_feed_views_equals_feed(
     messages: list[bytes], cuts: list[int], flushes: list[bool], crc32c_on: bool
 ) -> None:
     sender, receiver_a = pair(crc32c_on)
-    _, receiver_b = pair(crc32c_on)
+    pool = BufferPool(keep=2)
+    scribbler_tx, scribbler = pair(False, pool)
+    _, receiver_b = pair(crc32c_on, pool)
     stream = bytearray()
     for i, message in enumerate(messages):
         stream += sender.encode(message)
@@ -77,9 +80,16 @@ def test_feed_views_equals_feed(
     stream += sender.flush()
     a: list[bytes] = []
     b: list[bytes] = []
+    junk = scribbler_tx.encode_flush(b"\xee" * 3000)
     for chunk in split(bytes(stream), cuts):
         a += receiver_a.feed(chunk)
         b += [bytes(view) for view in receiver_b.feed_views(chunk)]
+        receiver_b.release()
+        # Another connection sharing the pool overwrites whatever was given back.
+        scribbler.feed_views(junk[:1000])
+        scribbler.feed_views(junk[1000:])
+        scribbler.release()
+        junk = scribbler_tx.encode_flush(b"\xee" * 3000)
     assert a == b == messages
     assert receiver_b.buffered == 0
     assert receiver_b.in_seq == receiver_a.in_seq

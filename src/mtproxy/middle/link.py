@@ -16,6 +16,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.rpc import CloseConn, IPAddress, Ping, Pong, RpcClient, RpcError
 from mtproxy.protocol.rpc.client import RpcClientState
 from mtproxy.protocol.rpc.constants import (
@@ -142,6 +143,7 @@ class MeLink(asyncio.Protocol):
                 rpc.send_payloads(Pong(_U64.unpack_from(payload, 4)[0]).encode())
             elif opcode != RPC_PONG:
                 log.debug("%s: ignoring opcode %08x (%d bytes)", self.label, opcode, size)
+        rpc.release()  # every answer has been framed for its client by now
         out = rpc.data_to_send()  # handshake frames and pongs
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
@@ -190,6 +192,7 @@ class MeLink(asyncio.Protocol):
         remote: tuple[IPAddress, int],
         public_ip: IPAddress,
         request_crc32c: bool = False,
+        buffer_pool: BufferPool | None = None,
     ) -> None:
         """Begin the handshake; ``public_ip`` is our address as the middle-proxy sees it."""
         transport = self.transport
@@ -202,6 +205,7 @@ class MeLink(asyncio.Protocol):
             public_ip=public_ip,
             now=int(time.time()),
             request_crc32c=request_crc32c,
+            buffer_pool=buffer_pool,
         )
         transport.write(self.rpc.initiate())
 

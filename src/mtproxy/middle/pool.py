@@ -23,6 +23,7 @@ from mtproxy.middle.addresses import AddressMap, parse_ip
 from mtproxy.middle.config_source import MiddleConfig
 from mtproxy.middle.link import MeLink
 from mtproxy.middle.options import MiddleOptions
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.proxy_config import ProxyTarget
 from mtproxy.protocol.rpc import IPAddress, RpcError
 from mtproxy.proxy.stats import ProxyStats
@@ -176,6 +177,7 @@ class TargetPool:
             remote=(remote_ip, int(remote[1])),
             public_ip=public_ip,
             request_crc32c=self.owner.options.request_crc32c,
+            buffer_pool=self.owner.buffer_pool,
         )
 
     def _failed(self, reason: str) -> None:
@@ -270,8 +272,10 @@ class MePools:
         min_connections: int | None = None,
         max_connections: int | None = None,
         keepalive: int = 0,
+        buffer_pool: BufferPool | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.buffer_pool = buffer_pool
         self.options = options
         self.stats = stats
         self.addresses = addresses
@@ -303,16 +307,17 @@ class MePools:
 
     # -- the list -------------------------------------------------------------------------------
 
-    def targets_for(self, dc: int) -> list[ProxyTarget]:
-        """Addresses for ``dc`` in preference order (IPv6 first with prefer_ipv6)."""
+    def targets_for(self, dc: int) -> list[list[ProxyTarget]]:
+        """Addresses for ``dc`` in tiers of preference (IPv6, then IPv4 with prefer_ipv6)."""
         config = self.config
         if config is None:
             return []
         v4 = list(config.config.lookup(dc))
         if not self.prefer_ipv6 or config.config_v6 is None:
-            return v4
+            return [v4] if v4 else []
         v6 = list(config.config_v6.lookup(dc))
-        return v6 + [t for t in v4 if t not in v6]
+        tiers = [v6, [t for t in v4 if t not in v6]]
+        return [tier for tier in tiers if tier]
 
     def _all_targets(self, config: MiddleConfig) -> list[ProxyTarget]:
         lists = [config.config]
@@ -354,12 +359,15 @@ class MePools:
         """A ready connection for a client of ``dc``; NoRouteError or TimeoutError."""
         deadline = self.loop.time() + timeout
         while True:
-            targets = self.targets_for(dc)
-            pools = [self.pools[t] for t in targets if t in self.pools]
-            if not pools:
+            # Within a tier, start at a random address so that clients spread out.
+            ordered: list[TargetPool] = []
+            for tier in self.targets_for(dc):
+                pools = [self.pools[t] for t in tier if t in self.pools]
+                if pools:
+                    start = random.randrange(len(pools))
+                    ordered += pools[start:] + pools[:start]
+            if not ordered:
                 raise NoRouteError(f"the proxy list has no middle-proxy for DC {dc} nor a default")
-            start = random.randrange(len(pools))
-            ordered = pools[start:] + pools[:start]
             for pool in ordered:
                 link = pool.pick()
                 if link is not None:

@@ -21,6 +21,7 @@ from mtproxy.middle.config_source import ConfigSource, MiddleConfigError
 from mtproxy.middle.link import MeLink
 from mtproxy.middle.options import MiddleOptions
 from mtproxy.middle.pool import MePools, NoRouteError
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.errors import FramingError
 from mtproxy.protocol.framing import (
     PACKET_OVERHEAD_MAX,
@@ -145,13 +146,14 @@ class MiddleUpstream:
         queue_limit: int,
         stats: ProxyStats,
         answers: AnswerBuffer,
+        buffer_pool: BufferPool | None = None,
     ) -> None:
         self.client = client
         self.answers = answers
         self.link: MeLink | None = link
         self.conn_id = conn_id
         self.framing = framing
-        self.reader = PacketSplitter(framing, MAX_CLIENT_PACKET)
+        self.reader = PacketSplitter(framing, MAX_CLIENT_PACKET, buffer_pool)
         self.tail = tail
         # auth_key_id 1 stands for "encrypted": NOT_ENCRYPTED and QUICKACK vary per packet.
         self.base_flags = proxy_req_flags(
@@ -194,6 +196,7 @@ class MiddleUpstream:
                 flags |= FLAG_QUICKACK
             link.send_request(pack(RPC_PROXY_REQ, flags) + tail, payload)
             sent += 1
+        self.reader.release()  # every packet is encrypted into the link's queue by now
         if sent:
             link.flush()
         stats = self.stats
@@ -295,6 +298,9 @@ class MiddleUpstreams:
         self.source = source or ConfigSource.from_settings(settings, server.stats)
         self.addresses = AddressMap(settings.nat_info)
         self.ad_tag = settings.ad_tag
+        #: Big packets and frames split across reads are assembled in these, shared by
+        #: every client and connection of this server.
+        self.buffer_pool = BufferPool()
         self.pools = MePools(
             options=self.options,
             stats=server.stats,
@@ -304,6 +310,7 @@ class MiddleUpstreams:
             min_connections=settings.middle_min_connections,
             max_connections=settings.middle_max_connections,
             keepalive=settings.keepalive,
+            buffer_pool=self.buffer_pool,
         )
         self._refresher: asyncio.Task[None] | None = None
         self.answers = AnswerBuffer()
@@ -384,6 +391,7 @@ class MiddleUpstreams:
             queue_limit=self.options.client_queue_limit,
             stats=stats,
             answers=self.answers,
+            buffer_pool=self.buffer_pool,
         )
         link.register(upstream)
         client.peer_ready(upstream)

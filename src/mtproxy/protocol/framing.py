@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.errors import FramingError
 
 #: Largest packet we accept; the official server's limit for client connections.
@@ -192,23 +193,24 @@ class PacketSplitter:
 
     A packet that lies entirely inside the bytes just fed comes back as a memoryview
     of them, valid only until the caller reuses that buffer (middle-proxy mode
-    encrypts it straight away); a packet that straddled feeds is assembled once in
-    a buffer kept for reuse and comes back as a view of that, valid until the next
-    :meth:`feed`. Same checks and errors as :class:`PacketReader`.
+    encrypts it straight away); a packet that straddled feeds is assembled once, in a
+    buffer from ``pool`` when one is given, and comes back as a view of that, valid
+    until :meth:`release` or the next :meth:`feed`. Same checks and errors as
+    :class:`PacketReader`.
     """
 
-    __slots__ = ("_filled", "_framing", "_max", "_pending", "_recent", "_spare", "_total")
+    __slots__ = ("_filled", "_framing", "_handed_out", "_max", "_pending", "_pool", "_total")
 
-    def __init__(self, framing: Framing, max_packet: int = MAX_PACKET) -> None:
+    def __init__(
+        self, framing: Framing, max_packet: int = MAX_PACKET, pool: BufferPool | None = None
+    ) -> None:
         self._framing = framing
         self._max = max_packet
+        self._pool = pool
         self._pending = bytearray()  # a packet begun in earlier feeds
         self._filled = 0  # bytes of it received
         self._total = 0  # its size with header, 0 while the header is incomplete
-        # Buffers of assembled packets are reused (a fresh megabyte costs page faults
-        # on every big packet), but never within the feed that handed out a view of one.
-        self._spare = bytearray()
-        self._recent: bytearray | None = None
+        self._handed_out: bytearray | None = None  # buffer of the packet completed last
 
     @property
     def buffered(self) -> int:
@@ -218,8 +220,7 @@ class PacketSplitter:
         view = data if isinstance(data, memoryview) else memoryview(data)
         out: list[PacketView] = []
         pos, end = 0, len(view)
-        if self._recent is not None:  # views of it were valid until this call
-            self._spare, self._recent = self._recent, None
+        self.release()
         if self._filled:
             pos = self._continue(view, out)
             if self._filled:
@@ -245,8 +246,7 @@ class PacketSplitter:
         # Reserve the whole packet once half of it is here; a client that only
         # announces a big packet gets no more memory than it actually sent.
         if 2 * have + 16384 >= total:
-            buf = self._spare if len(self._spare) >= total else bytearray(total)
-            self._spare = bytearray()
+            buf = self._pool.take(total) if self._pool is not None else bytearray(total)
         else:
             buf = bytearray(have)
         buf[:have] = part
@@ -280,9 +280,16 @@ class PacketSplitter:
         assert parsed is not None
         head, _, take, quickack = parsed
         out.append((memoryview(buf)[head : head + take], quickack))
-        self._recent = buf
+        self._handed_out = buf
         self._pending, self._filled, self._total = bytearray(), 0, 0
         return pos
+
+    def release(self) -> None:
+        """The caller is done with the views :meth:`feed` returned last (pooled buffers
+        go back; the next :meth:`feed` does this anyway)."""
+        buf, self._handed_out = self._handed_out, None
+        if buf is not None and self._pool is not None:
+            self._pool.give(buf)
 
     def _header_len(self, buf: bytearray) -> int:
         if self._framing is not Framing.ABRIDGED:

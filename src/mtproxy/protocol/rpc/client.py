@@ -29,6 +29,7 @@ import os
 from collections.abc import Sequence
 from ipaddress import IPv4Address, ip_address
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.proxy_config import key_selector
 from mtproxy.protocol.rpc.codec import RpcCodec
 from mtproxy.protocol.rpc.constants import (
@@ -81,6 +82,7 @@ class RpcClient:
         nonce: bytes | None = None,
         pid: int | None = None,
         max_frame_len: int = DEFAULT_MAX_FRAME_LEN,
+        buffer_pool: BufferPool | None = None,
     ) -> None:
         if len(secret) < 4:
             raise ValueError("proxy secret too short")
@@ -98,7 +100,7 @@ class RpcClient:
         if len(self._nonce) != 16:
             raise ValueError("nonce must be 16 bytes")
         self._request_crc32c = request_crc32c
-        self._codec = RpcCodec(max_frame_len=max_frame_len)
+        self._codec = RpcCodec(max_frame_len=max_frame_len, pool=buffer_pool)
         self._state = RpcClientState.NEW
         self._out: list[bytes] = []
         self._keys: RpcKeys | None = None
@@ -194,6 +196,10 @@ class RpcClient:
             if not isinstance(message, Ping):  # receive() already answered it
                 out.append(memoryview(message.encode()))
         return out
+
+    def release(self) -> None:
+        """Done with the views :meth:`receive_raw` returned (see RpcCodec.release)."""
+        self._codec.release()
 
     def data_to_send(self) -> bytes:
         """Everything queued so far (handshake, pongs, sent messages), padded for AES."""

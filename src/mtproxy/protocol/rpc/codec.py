@@ -31,6 +31,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.rpc.constants import (
     DEFAULT_MAX_FRAME_LEN,
     FIRST_SEQ,
@@ -73,7 +74,9 @@ class RpcCodec:
     Any :class:`RpcError` leaves the codec failed; every later call raises again.
     """
 
-    def __init__(self, *, max_frame_len: int = DEFAULT_MAX_FRAME_LEN) -> None:
+    def __init__(
+        self, *, max_frame_len: int = DEFAULT_MAX_FRAME_LEN, pool: BufferPool | None = None
+    ) -> None:
         if max_frame_len < MIN_FRAME_LEN:
             raise ValueError(f"max_frame_len must be at least {MIN_FRAME_LEN}")
         self._max_frame_len = max_frame_len
@@ -84,12 +87,13 @@ class RpcCodec:
         self._out_partial = 0  # bytes handed to the encryptor since the last block boundary
         self._plain = bytearray()  # received plaintext not yet parsed into frames
         self._held = bytearray()  # received ciphertext that arrived before the keys
-        # feed_views: a split frame being assembled in one of two reused buffers.
+        # feed_views: a split frame being assembled, and the buffers of frames whose
+        # views were handed out by the last call (back to the pool on release()).
+        self._pool = pool
         self._frame: bytearray | None = None
         self._frame_len = 0
         self._frame_filled = 0
-        self._assembly = [bytearray(), bytearray()]
-        self._assembly_next = 0
+        self._handed_out: list[bytearray] = []
         self._awaiting_keys = False
         self._crc32c = False
         self._failure: str | None = None
@@ -252,11 +256,12 @@ class RpcCodec:
 
         Once encryption is on, a frame that arrived whole is a view of the decrypted
         chunk (the decryption's copy is the only one); a frame split across reads is
-        assembled once, in a buffer this codec reuses. So the views are valid only
-        until the next call: use or copy them before feeding more. Before encryption
-        it falls back to :meth:`feed`.
+        assembled once, in a buffer from ``pool`` that goes back on :meth:`release`
+        or the next call. So the views are valid only until then: use or copy them
+        first. Before encryption it falls back to :meth:`feed`.
         """
         self._check_alive()
+        self.release()
         decryptor = self._decryptor
         if decryptor is None or self._awaiting_keys:
             return [memoryview(payload) for payload in self.feed(data)]
@@ -275,6 +280,18 @@ class RpcCodec:
             self._failure = str(exc)
             raise
 
+    def release(self) -> None:
+        """The caller is done with the views :meth:`feed_views` returned last.
+
+        Frames that were split across reads were assembled in pooled buffers; this
+        gives them back (the next :meth:`feed_views` call does it anyway).
+        """
+        if self._handed_out:
+            if self._pool is not None:
+                for buf in self._handed_out:
+                    self._pool.give(buf)
+            self._handed_out.clear()
+
     def _keep(self, rest: memoryview) -> None:
         """Hold the start of an incomplete frame (its length, if present, was checked)."""
         if len(rest) < 4:
@@ -284,14 +301,7 @@ class RpcCodec:
         self._begin_frame(length, rest)
 
     def _begin_frame(self, length: int, start: bytes | bytearray | memoryview) -> None:
-        # Two buffers in turn: a frame completed in this call may still be in the caller's
-        # hands while the next one starts. Reusing them spares the page faults a fresh
-        # megabyte costs on every big frame.
-        index = self._assembly_next
-        self._assembly_next = index ^ 1
-        frame = self._assembly[index]
-        if len(frame) < length:
-            frame = self._assembly[index] = bytearray(length)
+        frame = self._pool.take(length) if self._pool is not None else bytearray(length)
         frame[: len(start)] = start
         self._frame, self._frame_len, self._frame_filled = frame, length, len(start)
 
@@ -328,6 +338,7 @@ class RpcCodec:
             self._frame_filled = filled
             return chunk[add:]
         self._frame, self._frame_filled = None, 0
+        self._handed_out.append(frame)
         self._parse_views(memoryview(frame)[:length], out)
         return chunk[add:]
 
