@@ -1,5 +1,9 @@
 """The performance table: proxy CPU per byte against the AES floor, latency, handshakes, RSS.
 
+Direct mode runs against a fake DC (bench/dc_server.py); middle-proxy mode against a
+fake middle-proxy (bench/me_server.py), and the two are compared per proxy CPU-second
+and per idle client.
+
 Run with ``make bench`` (or ``python bench/run.py --help``). It starts the fake DC
 and the proxies as separate processes and reads the proxies' CPU time from /proc,
 so the load generator's own work never counts. Absolute numbers vary from machine
@@ -16,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +41,14 @@ DOMAIN = "bench.example.com"
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE = 1, 2, 3, 4
+#: Middle-proxy mode: the proxy secret shared with bench/me_server.py, an ad tag, and the
+#: packet kinds the fake middle-proxy understands (see its docstring).
+ME_SECRET = bytes.fromhex("c4f9faca") + bytes(range(124))
+AD_TAG = "0123456789abcdef0123456789abcdef"
+ME_ECHO, ME_SOURCE, ME_SINK, ME_END = b"BENCHECH", b"BENCHSRC", b"BENCHSNK", b"BENCHEND"
+ME_CHUNK = 128 * 1024
+ME_PART, ME_WINDOW = 1 << 20, 4
+MIB = 1 << 20
 
 
 def free_port() -> int:
@@ -160,6 +173,123 @@ class Client:
         self.sock.close()
 
 
+class MiddleClient(Client):
+    """A client whose packets the proxy can parse: encrypted, intermediate framing."""
+
+    def __init__(self, port: int, tls: bool) -> None:
+        hs = build_client_header(SECRET, Framing.INTERMEDIATE, 2)
+        self.encryptor = hs.encryptor
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tls = tls
+        if tls:
+            self.sock.sendall(faketls.build_client_hello(SECRET, DOMAIN, int(time.time())))
+            self._read_server_hello()
+            self.sock.sendall(faketls.CCS_RECORD + faketls.wrap_records(hs.header))
+        else:
+            self.sock.sendall(hs.header)
+
+    def send_packets(self, payload: bytes, count: int = 1) -> None:
+        framed = (struct.pack("<I", len(payload)) + payload) * count
+        self.send(self.encryptor.update(framed))
+
+
+def me_packet(kind: bytes, size: int = 64, arg: int = 0, last: bool = False) -> bytes:
+    return kind + struct.pack("<QI", arg, last) + bytes(size - 20)
+
+
+def middle_files(directory: Path, me_port: int) -> tuple[Path, Path]:
+    config = directory / "proxy-multi.conf"
+    config.write_text("default 2;\n" + "".join(
+        f"proxy_for {dc} 127.0.0.1:{me_port};\n" for dc in (1, -1, 2, -2, 3, 4, 5)
+    ))
+    secret = directory / "proxy-secret"
+    secret.write_bytes(ME_SECRET)
+    return config, secret
+
+
+def middle_command(port: int, config: Path, secret: Path, data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
+            "--event-loop", EVENT_LOOP,
+            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
+            "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600",
+            "--tag", AD_TAG, "--proxy-config", str(config), "--proxy-secret", str(secret),
+            "--data-dir", str(data_dir), "--middle-min-connections", "2",
+            "--middle-max-connections", "4"]
+
+
+def middle_download(pid: int, port: int, total: int, tls: bool) -> float:
+    """Fetch ``total`` bytes as 1 MiB parts with 4 requests in flight, as apps fetch files."""
+    buf = memoryview(bytearray(1 << 20))
+    parts = max(1, total // ME_PART)
+    before = cpu_seconds(pid)
+    client = MiddleClient(port, tls)
+    requested = received = 0
+    while True:
+        # Wire bytes over-count the payload a little, so at most WINDOW parts are unread.
+        while requested < parts and received >= (requested - ME_WINDOW + 1) * ME_PART:
+            requested += 1
+            client.send_packets(me_packet(ME_SOURCE, arg=ME_PART, last=requested == parts))
+        n = client.sock.recv_into(buf)
+        if not n:
+            break  # the middle-proxy closes the client after the last part
+        received += n
+    client.close()
+    if received < parts * ME_PART:
+        raise RuntimeError(f"middle-proxy download short: {received} of {parts * ME_PART}")
+    return cpu_seconds(pid) - before
+
+
+def middle_upload(pid: int, port: int, total: int, tls: bool) -> float:
+    payload = me_packet(ME_SINK, ME_CHUNK)
+    before = cpu_seconds(pid)
+    client = MiddleClient(port, tls)
+    sent = 0
+    while sent < total:
+        client.send_packets(payload, 2)
+        sent += 2 * ME_CHUNK
+    client.send_packets(me_packet(ME_END))
+    client.recv_some(12)  # the count, once everything went through
+    client.close()
+    return cpu_seconds(pid) - before
+
+
+def middle_echo(port: int, count: int, pid: int) -> tuple[float, float, float]:
+    client = MiddleClient(port, tls=False)
+    samples: list[float] = []
+    for _ in range(50):  # warm-up
+        client.send_packets(me_packet(ME_ECHO))
+        client.recv_some(68)
+    before = cpu_seconds(pid)
+    for _ in range(count):
+        t0 = time.perf_counter()
+        client.send_packets(me_packet(ME_ECHO))
+        client.recv_some(68)
+        samples.append((time.perf_counter() - t0) * 1e6)
+    cpu = cpu_seconds(pid) - before
+    client.close()
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99)], cpu / count * 1e6
+
+
+def middle_idle_rss(pid: int, port: int, count: int) -> float:
+    """RSS growth per established idle client multiplexed over the pool, in bytes."""
+    before = rss_bytes(pid)
+    clients = []
+    try:
+        for _ in range(count):
+            client = MiddleClient(port, tls=False)
+            client.send_packets(me_packet(ME_ECHO))
+            clients.append(client)
+        for client in clients:
+            client.recv_some(68)
+        time.sleep(0.5)
+        return (rss_bytes(pid) - before) / count
+    finally:
+        for client in clients:
+            client.close()
+
+
 # -- measurements --------------------------------------------------------------------------
 
 
@@ -183,6 +313,22 @@ def aes_floor(total: int, chunk: int) -> float:
             m = min(chunk, total - done)
             ctx.update_into(view[:m], view[:m])
             done += m
+    return time.process_time() - start
+
+
+def middle_floor(total: int, chunk: int, upload: bool) -> float:
+    """CPU seconds for the crypto middle-proxy mode cannot avoid: AES-256-CTR with the
+    client plus AES-256-CBC with the middle-proxy (CBC encryption is serial, hence slow)."""
+    buf = bytes(chunk)
+    ctr = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
+    cbc_cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CBC(os.urandom(16)))
+    cbc = cbc_cipher.encryptor() if upload else cbc_cipher.decryptor()
+    start = time.process_time()
+    done = 0
+    while done < total:
+        ctr.update(buf)
+        cbc.update(buf)
+        done += chunk
     return time.process_time() - start
 
 
@@ -314,6 +460,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=16, help="concurrent handshake clients")
     parser.add_argument("--idle", default="1000,5000", help="idle session counts for RSS")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--skip-middle", action="store_true",
+                        help="leave out the middle-proxy scenarios")
     parser.add_argument("--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"],
                         help="the proxies' event loop (the container image has no uvloop)")
     args = parser.parse_args()
@@ -327,6 +475,8 @@ def main() -> int:
     gib = total / (1 << 30)
     dc_port, p_plain, p_pass, p_bare = free_port(), free_port(), free_port(), free_port()
     rows: list[Row] = []
+    direct_cpu: dict[tuple[str, bool], float] = {}
+    direct_rss: dict[int, float] = {}
     dc_cmd = [sys.executable, str(ROOT / "bench" / "dc_server.py"), "--port", str(dc_port),
               "--source-bytes", str(total)]
     bare_cmd = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", str(p_bare),
@@ -338,19 +488,22 @@ def main() -> int:
         floor = aes_floor(total, 128 * 1024)
         rows.append(Row("AES floor: 2 x AES-256-CTR, CPU s/GiB", f"{floor / gib:.3f}"))
 
-        def ratio_row(name: str, seconds: float, target: float) -> None:
+        def ratio_row(name: str, seconds: float, target: float) -> float:
             ratio = seconds / floor
             rows.append(Row(name, f"{seconds / gib:.3f} s/GiB = {ratio:.2f}x floor",
                             f"<= {target:g}x", ratio <= target))
+            return seconds
 
         ratio_row("download, pass-through, classic", bulk_download(pt.pid, p_pass, total, False), 3)
-        ratio_row("download, re-encrypting, classic",
-                  bulk_download(plain.pid, p_plain, total, False), 4)
-        ratio_row("upload, classic", bulk_upload(plain.pid, p_plain, total, False), 4)
+        direct_cpu[("download", False)] = ratio_row(
+            "download, re-encrypting, classic", bulk_download(plain.pid, p_plain, total, False), 4)
+        direct_cpu[("upload", False)] = ratio_row(
+            "upload, classic", bulk_upload(plain.pid, p_plain, total, False), 4)
         ratio_row("download, pass-through, fake TLS", bulk_download(pt.pid, p_pass, total, True), 3)
-        ratio_row("download, re-encrypting, fake TLS",
-                  bulk_download(plain.pid, p_plain, total, True), 4)
-        ratio_row("upload, fake TLS", bulk_upload(plain.pid, p_plain, total, True), 4)
+        direct_cpu[("download", True)] = ratio_row(
+            "download, re-encrypting, fake TLS", bulk_download(plain.pid, p_plain, total, True), 4)
+        direct_cpu[("upload", True)] = ratio_row(
+            "upload, fake TLS", bulk_upload(plain.pid, p_plain, total, True), 4)
 
         base50, base99, _ = echo_latency(dc_port, args.echo_count, True, None)
         bare50, bare99, bare_cpu = echo_latency(p_bare, args.echo_count, True, bare.pid)
@@ -380,10 +533,57 @@ def main() -> int:
             rows.append(Row(f"RSS per idle session at {count} (pass-through)",
                             f"{per_conn / 1024:.1f} KiB", "<= 12 KiB", per_conn <= 12 * 1024))
             per_conn = idle_rss(plain.pid, p_plain, count)
+            direct_rss[count] = per_conn
             rows.append(Row(f"RSS per idle session at {count} (re-encrypting)",
                             f"{per_conn / 1024:.1f} KiB", "<= 12 KiB", per_conn <= 12 * 1024))
+    if not args.skip_middle:
+        rows += middle_rows(args, total, direct_cpu, direct_rss)
     print_table(rows, total)
     return 0
+
+
+def middle_rows(
+    args: argparse.Namespace,
+    total: int,
+    direct_cpu: dict[tuple[str, bool], float],
+    direct_rss: dict[int, float],
+) -> list[Row]:
+    """Middle-proxy mode next to direct mode: MiB moved per proxy CPU-second, RSS."""
+    rows: list[Row] = []
+    me_port, p_middle = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="mtproxy-bench-") as tmp:
+        config, secret = middle_files(Path(tmp), me_port)
+        me_cmd = [sys.executable, str(ROOT / "bench" / "me_server.py"), "--port", str(me_port),
+                  "--secret-file", str(secret)]
+        with process(me_cmd, me_port), \
+                process(middle_command(p_middle, config, secret, Path(tmp) / "data"),
+                        p_middle) as middle:
+            time.sleep(0.5)  # let the pool finish its handshakes
+            for kind, run in (("download", middle_download), ("upload", middle_upload)):
+                floor = middle_floor(total, 128 * 1024, upload=kind == "upload")
+                rows.append(Row(f"middle-proxy floor, {kind}: AES-CTR + AES-CBC, CPU s/GiB",
+                                f"{floor / (total / (1 << 30)):.3f}"))
+                for tls in (False, True):
+                    seconds = run(middle.pid, p_middle, total, tls)
+                    label = f"{kind}, {'fake TLS' if tls else 'classic'}"
+                    direct = direct_cpu.get((kind, tls))
+                    shown = f"middle {total / MIB / seconds:.0f}"
+                    if direct:
+                        shown += f" / direct {total / MIB / direct:.0f}"
+                    rows.append(Row(f"MiB per proxy CPU-s, {label} (middle / direct)",
+                                    f"{shown} MiB/s; middle {seconds / floor:.2f}x its floor"))
+            p50, p99, cpu = middle_echo(p_middle, args.echo_count, middle.pid)
+            rows.append(Row("middle-proxy echo RTT p50 / p99", f"{p50:.0f} / {p99:.0f} us"))
+            rows.append(Row("middle-proxy CPU per echoed packet", f"{cpu:.1f} us"))
+            for count in (int(c) for c in args.idle.split(",")):
+                per_client = middle_idle_rss(middle.pid, p_middle, count)
+                direct = direct_rss.get(count)
+                shown = f"middle {per_client / 1024:.1f}"
+                if direct is not None:
+                    shown += f" / direct {direct / 1024:.1f}"
+                rows.append(Row(f"RSS per idle client at {count} (middle / direct)",
+                                shown + " KiB"))
+    return rows
 
 
 def print_table(rows: list[Row], total: int) -> None:

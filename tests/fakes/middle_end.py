@@ -19,6 +19,9 @@ The frame codec and message classes come from ``mtproxy.protocol.rpc`` (it is th
 peer's wire format), but the keys are derived here by separate code so that a
 symmetric mistake in ``derive_keys`` cannot make both sides agree on wrong keys.
 
+``handler`` replaces the echo: it gets each recorded request and returns the payloads
+to answer with (RPC_PROXY_ANS each), e.g. an MTProto auth responder.
+
 Test API: :meth:`FakeMiddleEnd.send_close_ext`, :meth:`~FakeMiddleEnd.send_proxy_ans`,
 :meth:`~FakeMiddleEnd.ping`, :meth:`~FakeMiddleEnd.kill_connection`,
 :meth:`~FakeMiddleEnd.stop`, and the ``wait_*`` helpers that block (with a
@@ -33,7 +36,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 from types import TracebackType
@@ -184,6 +187,7 @@ class FakeMiddleEnd:
         ans_flags: int = 0,
         check_peer_pid: bool = True,
         clock: Callable[[], float] = time.time,
+        handler: Callable[[RecordedRequest], Sequence[bytes]] | None = None,
     ) -> None:
         if len(secret) < 4:
             raise ValueError("secret too short")
@@ -198,6 +202,8 @@ class FakeMiddleEnd:
         self.ans_flags = ans_flags
         self.check_peer_pid = check_peer_pid
         self.clock = clock
+        self.handler = handler
+        self.pings_received = 0
         self.started_at = int(clock())
         self.requests: list[RecordedRequest] = []
         self.close_conns: list[int] = []
@@ -471,24 +477,26 @@ class FakeMiddleEnd:
             return
         if isinstance(message, ProxyReq):
             conn.conn_ids.add(message.conn_id)
-            self.requests.append(
-                RecordedRequest(
-                    connection=conn.index,
-                    flags=message.flags,
-                    ext_conn_id=message.conn_id,
-                    remote_ip=message.remote_ip,
-                    remote_port=message.remote_port,
-                    our_ip=message.our_ip,
-                    our_port=message.our_port,
-                    ad_tag=message.ad_tag,
-                    payload=message.payload,
-                )
+            recorded = RecordedRequest(
+                connection=conn.index,
+                flags=message.flags,
+                ext_conn_id=message.conn_id,
+                remote_ip=message.remote_ip,
+                remote_port=message.remote_port,
+                our_ip=message.our_ip,
+                our_port=message.our_port,
+                ad_tag=message.ad_tag,
+                payload=message.payload,
             )
+            self.requests.append(recorded)
             answers = []
             if self.simple_ack and message.flags & FLAG_QUICKACK:
                 ack = SimpleAck(conn_id=message.conn_id, confirm=quickack_token(message.payload))
                 answers.append(ack.encode())
-            if self.echo:
+            if self.handler is not None:
+                for reply in self.handler(recorded):
+                    answers.append(ProxyAns(self.ans_flags, message.conn_id, reply).encode())
+            elif self.echo:
                 ans = ProxyAns(
                     flags=self.ans_flags, conn_id=message.conn_id, payload=message.payload
                 )
@@ -499,6 +507,7 @@ class FakeMiddleEnd:
             self.close_conns.append(message.conn_id)
             conn.conn_ids.discard(message.conn_id)
         elif isinstance(message, Ping):
+            self.pings_received += 1
             conn.send(message.pong().encode())
         elif isinstance(message, Pong):
             waiter = conn.pending_pings.get(message.ping_id)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mtproxy.cli import CliError
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
+from mtproxy.middle import MiddleConfigError
 from mtproxy.ops.runtime import StopSignal, local_stats, run_until_stopped
 from mtproxy.ops.server import OpsServer
 from mtproxy.protocol.dc import Endpoint, format_endpoint
@@ -42,6 +43,11 @@ def register(sub: Any) -> None:
     add_arguments(parser)
     # How the supervisor of --workers N starts its workers (they get their settings from it).
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "proxy_config_file", nargs="?", metavar="PROXY_CONFIG",
+        help="Telegram's proxy list file, as the official server takes it (same as "
+        "--proxy-config; pair it with --aes-pwd FILE)",
+    )
     parser.set_defaults(handler=main)
 
 
@@ -60,12 +66,21 @@ def main(args: argparse.Namespace) -> int:
         from mtproxy.ops.workers import run_worker
 
         return run_worker(worker_index)
-    settings = load_settings(vars(args), args.config)
+    cli = dict(vars(args))
+    positional = cli.pop("proxy_config_file", None)
+    if positional is not None and cli.get("proxy_config") is None:
+        cli["proxy_config"] = positional
+    settings = load_settings(cli, args.config)
     setup_logging(settings.log_level)
+    if settings.tag_problem is not None:
+        log.warning("%s", settings.tag_problem)
+    if settings.middle_mode and settings.download_passthrough:
+        log.warning("--download-passthrough does nothing in middle-proxy mode (answers are "
+                    "re-framed for each client); drop it or the tag")
     settings = ensure_secrets(settings)
 
     def reloader() -> Settings:
-        return ensure_secrets(load_settings(vars(args), args.config))
+        return ensure_secrets(load_settings(cli, args.config))
 
     return run_until_signal(serve(settings, reloader=reloader), settings.event_loop)
 
@@ -234,15 +249,26 @@ async def serve(
         ledger=worker.ledger if worker else None,
         worker_index=worker.spec.index if worker else None,
     )
-    await server.start()
+    try:
+        await server.start()
+    except MiddleConfigError as exc:
+        for sock in socks:
+            sock.close()
+        raise CliError(str(exc)) from None
     addresses = server.addresses
     modes = ", ".join(m.value for m in Mode if m in settings.modes)
+    if settings.middle_mode:
+        route = "via Telegram's middle-proxies" + (" with ad tag" if settings.ad_tag else "")
+    elif server.passthrough:
+        route = "direct to DCs, download pass-through"
+    else:
+        route = "direct to DCs"
     log.log(
         logging.INFO if worker is None else logging.DEBUG,
         "listening on %s (modes: %s; %s; %s loop)",
         ", ".join(format_endpoint(a) for a in addresses),
         modes,
-        "direct to DCs, download pass-through" if server.passthrough else "direct to DCs",
+        route,
         type(loop).__module__.split(".")[0],
     )
     if links and worker is None:

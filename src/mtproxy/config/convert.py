@@ -209,3 +209,39 @@ def choice(*allowed: str) -> Converter:
         return text
 
     return convert
+
+
+def optional_text(value: Any) -> str | None:
+    """Any string, stripped, '' meaning unset; checked later where a bad value only warns."""
+    return as_str(value).strip() or None
+
+
+def source(value: Any) -> str:
+    """An http(s) URL, or a path to a local file (the official server's form)."""
+    raw = as_str(value).strip()
+    if not raw:
+        raise ValueError("empty value; give a file path or an http(s) URL")
+    if "://" in raw:
+        if not raw.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{raw!r} is neither an http(s) URL nor a file path; write e.g. "
+                "https://core.telegram.org/getProxyConfig or /etc/mtproxy/proxy-multi.conf"
+            )
+        return raw
+    return str(path(raw))
+
+
+def nat_info(value: Any) -> tuple[str, str]:
+    """``LOCAL_IP:PUBLIC_IP`` (IPv4, as the official ``--nat-info``)."""
+    raw = as_str(value).strip()
+    local, sep, public = raw.partition(":")
+    if not sep:
+        raise ValueError(f"{raw!r} is not LOCAL_IP:PUBLIC_IP; write e.g. 10.0.0.5:203.0.113.7")
+    try:
+        pair = ipaddress.IPv4Address(local.strip()), ipaddress.IPv4Address(public.strip())
+    except ValueError:
+        raise ValueError(
+            f"{raw!r} is not two IPv4 addresses; write LOCAL_IP:PUBLIC_IP, e.g. "
+            "10.0.0.5:203.0.113.7"
+        ) from None
+    return str(pair[0]), str(pair[1])

@@ -20,7 +20,9 @@ from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
 from mtproxy.ops.users import UserConfig, check_unique, user_entry
 from mtproxy.protocol.dc import Endpoint
-from mtproxy.protocol.secret import ClientSecret, Mode
+from mtproxy.protocol.errors import SecretError
+from mtproxy.protocol.secret import ClientSecret, Mode, parse_hex32
+from mtproxy.telegram_config import CONFIG_URL, CONFIG_V6_URL, SECRET_URL
 
 IPNetwork = IPv4Network | IPv6Network
 ALL_MODES = frozenset(Mode)
@@ -31,6 +33,9 @@ DEFAULT_IP_SERVICES = (
     "https://icanhazip.com",
     "https://ipinfo.io/ip",
 )
+DEFAULT_PROXY_CONFIG_URL = CONFIG_URL
+DEFAULT_PROXY_CONFIG_V6_URL = CONFIG_V6_URL
+DEFAULT_PROXY_SECRET_URL = SECRET_URL
 
 
 def default_data_dir() -> Path:
@@ -79,11 +84,49 @@ class Settings:
     socks5: str | None = None
     shutdown_grace: float = 20.0
     users: tuple[UserConfig, ...] = ()
+    # -- middle-proxy mode ---------------------------------------------------------------
+    tag: str | None = None
+    middle_proxy: bool = False
+    proxy_config: str = DEFAULT_PROXY_CONFIG_URL
+    proxy_config_v6: str = DEFAULT_PROXY_CONFIG_V6_URL
+    proxy_config_v6_given: bool = False
+    proxy_secret: str = DEFAULT_PROXY_SECRET_URL
+    nat_info: tuple[tuple[str, str], ...] = ()
+    proxy_config_refresh: float = 3600.0
+    middle_min_connections: int | None = None
+    middle_max_connections: int | None = None
+    middle_client_queue: int = 4 * 1024 * 1024
 
     @property
     def secret_keys(self) -> list[bytes]:
         """Every secret a client may use: the anonymous ones, then each user's."""
         return [s.key for s in self.secrets] + [u.secret.key for u in self.users]
+
+    @property
+    def ad_tag(self) -> bytes | None:
+        """The 16-byte ad tag, or None when none (or an unusable one) is configured."""
+        if self.tag is None or self.tag_problem is not None:
+            return None
+        return bytes.fromhex(self.tag)
+
+    @property
+    def tag_problem(self) -> str | None:
+        """Why the configured tag is ignored (a warning, not an error), or None."""
+        if self.tag is None:
+            return None
+        try:
+            parse_hex32(self.tag)
+        except SecretError:
+            return (
+                f"ad tag {self.tag!r} is not 32 hex characters; running without it "
+                "(get the tag from @MTProxybot)"
+            )
+        return None
+
+    @property
+    def middle_mode(self) -> bool:
+        """Relay through Telegram's middle-proxies: an ad tag needs them, or it is forced."""
+        return self.middle_proxy or self.ad_tag is not None
 
 
 @dataclass(frozen=True)
@@ -173,6 +216,32 @@ OPTIONS: list[Option] = [
            metavar="SECONDS"),
     Option("users", (), user_entry, "named users with limits ([[users]] tables; TOML only)",
            toml="users", repeat=True),
+    Option("tag", ("--tag", "-P"), cv.optional_text, "ad tag from @MTProxybot (32 hex "
+           "characters); turns on middle-proxy mode", metavar="HEX32"),
+    Option("middle_proxy", ("--middle-proxy",), cv.as_bool, "relay through Telegram's "
+           "middle-proxies even without an ad tag", switch=True),
+    Option("proxy_config", ("--proxy-config",), cv.source, "Telegram's proxy list for "
+           "middle-proxy mode: a file or URL (default: getProxyConfig from core.telegram.org)",
+           metavar="PATH|URL"),
+    Option("proxy_config_v6", ("--proxy-config-v6",), cv.source, "the IPv6 proxy list, "
+           "used with --prefer-ipv6 (default: getProxyConfigV6)", metavar="PATH|URL"),
+    Option("proxy_secret", ("--proxy-secret", "--aes-pwd"), cv.source, "Telegram's proxy "
+           "secret for middle-proxy mode: a file or URL (default: getProxySecret)",
+           metavar="PATH|URL"),
+    Option("nat_info", ("--nat-info",), cv.nat_info, "behind NAT: the local address and the "
+           "public address Telegram sees (repeatable)", repeat=True, metavar="LOCAL_IP:PUBLIC_IP"),
+    Option("proxy_config_refresh", ("--proxy-config-refresh",), cv.float_range(60, 7 * 86400),
+           "seconds between downloads of the proxy list and secret", metavar="SECONDS"),
+    Option("middle_min_connections", ("--middle-min-connections",), cv.int_range(0, 1000),
+           "connections kept open to each middle-proxy (default: from the proxy list, 4)",
+           metavar="N"),
+    Option("middle_max_connections", ("--middle-max-connections",), cv.int_range(1, 1000),
+           "most connections to each middle-proxy (default: from the proxy list, 8)",
+           metavar="N"),
+    Option("middle_client_queue", ("--middle-client-queue",),
+           cv.int_range(64 * 1024, 1 << 30), "answer bytes a client may leave unread before "
+           "it alone is dropped (the connection it shares never waits for it)",
+           metavar="BYTES"),
 ]
 
 
@@ -258,6 +327,8 @@ def finish(values: dict[str, Any], base: Settings) -> Settings:
         kwargs["listen_given"] = True
     if "mask" in kwargs:
         kwargs["mask_given"] = True
+    if "proxy_config_v6" in kwargs:
+        kwargs["proxy_config_v6_given"] = True
     settings = replace(base, **kwargs)
     return _derive(settings)
 
@@ -277,6 +348,13 @@ def _derive(s: Settings) -> Settings:
             domains.append(name)
     if Mode.TLS in s.modes and not domains:
         domains.append(DEFAULT_TLS_DOMAIN)
+    low, high = s.middle_min_connections, s.middle_max_connections
+    if low is not None and high is not None and low > high:
+        raise ConfigError(
+            "middle_min_connections",
+            f"{low} is more than middle_max_connections {high}; use a minimum no larger "
+            "than the maximum",
+        )
     mask = s.mask
     if not s.mask_given and domains and Mode.TLS in s.modes:
         mask = (domains[0], 443)

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.errors import FramingError
 
 #: Largest packet we accept; the official server's limit for client connections.
@@ -47,35 +48,64 @@ class Packet:
     quickack: bool = False
 
 
-def encode_packet(
-    framing: Framing,
-    payload: bytes,
-    *,
-    quickack: bool = False,
-    random_bytes: Callable[[int], bytes] = os.urandom,
-) -> bytes:
-    """Frame one packet; the padded framing appends 0-3 random tail bytes."""
-    length = len(payload)
+def _packet_head(framing: Framing, length: int, quickack: bool, pad: int) -> bytes:
     if length == 0 or length > MAX_PACKET:
         raise FramingError(f"packet length {length} out of range")
     if length % 4:
         raise FramingError("packets must be a multiple of 4 bytes")
     if framing is Framing.ABRIDGED:
         words = length // 4
+        flag = QUICKACK_ABRIDGED if quickack else 0
         if words < 0x7F:
-            head = bytes([words | (QUICKACK_ABRIDGED if quickack else 0)])
-        else:
-            head = bytes([0x7F | (QUICKACK_ABRIDGED if quickack else 0)]) + words.to_bytes(
-                3, "little"
-            )
-        return head + payload
-    if framing is Framing.INTERMEDIATE:
-        flag = QUICKACK_INTERMEDIATE if quickack else 0
-        return struct.pack("<I", length | flag) + payload
-    # A maximal packet gets no tail: the padding counts towards the reader's limit.
-    pad = min(random_bytes(1)[0] & 3, MAX_PACKET - length)
+            return bytes([words | flag])
+        return bytes([0x7F | flag]) + words.to_bytes(3, "little")
     flag = QUICKACK_INTERMEDIATE if quickack else 0
-    return struct.pack("<I", (length + pad) | flag) + payload + random_bytes(pad)
+    return struct.pack("<I", (length + pad) | flag)
+
+
+def _padding(length: int, random_bytes: Callable[[int], bytes]) -> int:
+    # A maximal packet gets no tail: the padding counts towards the reader's limit.
+    return min(random_bytes(1)[0] & 3, max(0, MAX_PACKET - length))
+
+
+def encode_packet(
+    framing: Framing,
+    payload: bytes | bytearray | memoryview,
+    *,
+    quickack: bool = False,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """Frame one packet; the padded framing appends 0-3 random tail bytes."""
+    if framing is not Framing.PADDED:
+        return _packet_head(framing, len(payload), quickack, 0) + payload
+    pad = _padding(len(payload), random_bytes)
+    return _packet_head(framing, len(payload), quickack, pad) + payload + random_bytes(pad)
+
+
+#: Room :func:`encode_packet_into` needs beyond the payload (header and padding).
+PACKET_OVERHEAD_MAX = 7
+
+
+def encode_packet_into(
+    framing: Framing,
+    payload: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> int:
+    """:func:`encode_packet` into ``out`` (payload + PACKET_OVERHEAD_MAX bytes at least),
+    so that big packets need no fresh allocation; returns the framed size."""
+    length = len(payload)
+    pad = _padding(length, random_bytes) if framing is Framing.PADDED else 0
+    head = _packet_head(framing, length, False, pad)
+    start, end = len(head), len(head) + length
+    if len(out) < end + pad:
+        raise ValueError(f"output buffer of {len(out)} bytes is too small for {end + pad}")
+    out[:start] = head
+    out[start:end] = payload
+    if pad:
+        out[end : end + pad] = random_bytes(pad)
+    return end + pad
 
 
 def encode_quickack(framing: Framing, confirm: bytes) -> bytes:
@@ -152,3 +182,151 @@ class PacketReader:
         payload = bytes(buf[head : head + take])
         del buf[: head + length]
         return Packet(payload, quickack)
+
+
+#: One cut packet: its payload and whether the client asked for a quick ack.
+PacketView = tuple[memoryview | bytes, bool]
+
+
+class PacketSplitter:
+    """Like :class:`PacketReader`, without copying packets that arrive whole.
+
+    A packet that lies entirely inside the bytes just fed comes back as a memoryview
+    of them, valid only until the caller reuses that buffer (middle-proxy mode
+    encrypts it straight away); a packet that straddled feeds is assembled once, in a
+    buffer from ``pool`` when one is given, and comes back as a view of that, valid
+    until :meth:`release` or the next :meth:`feed`. Same checks and errors as
+    :class:`PacketReader`.
+    """
+
+    __slots__ = ("_filled", "_framing", "_handed_out", "_max", "_pending", "_pool", "_total")
+
+    def __init__(
+        self, framing: Framing, max_packet: int = MAX_PACKET, pool: BufferPool | None = None
+    ) -> None:
+        self._framing = framing
+        self._max = max_packet
+        self._pool = pool
+        self._pending = bytearray()  # a packet begun in earlier feeds
+        self._filled = 0  # bytes of it received
+        self._total = 0  # its size with header, 0 while the header is incomplete
+        self._handed_out: bytearray | None = None  # buffer of the packet completed last
+
+    @property
+    def buffered(self) -> int:
+        return self._filled
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[PacketView]:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        out: list[PacketView] = []
+        pos, end = 0, len(view)
+        self.release()
+        if self._filled:
+            pos = self._continue(view, out)
+            if self._filled:
+                return out
+        while pos < end:
+            parsed = self._header(view, pos, end)
+            if parsed is None:
+                self._pending = bytearray(view[pos:])
+                self._filled, self._total = end - pos, 0
+                break
+            head, length, take, quickack = parsed
+            total = head + length
+            if end - pos < total:
+                self._start(view[pos:], total)
+                break
+            out.append((view[pos + head : pos + head + take], quickack))
+            pos += total
+        return out
+
+    def _start(self, part: memoryview, total: int) -> None:
+        """Keep the first ``part`` of a ``total``-byte packet."""
+        have = len(part)
+        # Reserve the whole packet once half of it is here; a client that only
+        # announces a big packet gets no more memory than it actually sent.
+        if 2 * have + 16384 >= total:
+            buf = self._pool.take(total) if self._pool is not None else bytearray(total)
+        else:
+            buf = bytearray(have)
+        buf[:have] = part
+        self._pending, self._filled, self._total = buf, have, total
+
+    def _continue(self, view: memoryview, out: list[PacketView]) -> int:
+        """Add to the packet begun earlier; return how much of ``view`` it took."""
+        pos, end = 0, len(view)
+        if not self._total:
+            head_bytes = self._pending
+            while True:
+                parsed = self._header(head_bytes, 0, len(head_bytes))
+                if parsed is not None:
+                    break
+                add = min(self._header_len(head_bytes) - len(head_bytes), end - pos)
+                if add <= 0:
+                    self._filled = len(head_bytes)
+                    return pos
+                head_bytes += view[pos : pos + add]
+                pos += add
+            self._start(memoryview(head_bytes), parsed[0] + parsed[1])
+        buf, filled, total = self._pending, self._filled, self._total
+        add = min(total - filled, end - pos)
+        buf[filled : filled + add] = view[pos : pos + add]
+        filled += add
+        pos += add
+        if filled < total:
+            self._filled = filled
+            return pos
+        parsed = self._header(buf, 0, total)
+        assert parsed is not None
+        head, _, take, quickack = parsed
+        out.append((memoryview(buf)[head : head + take], quickack))
+        self._handed_out = buf
+        self._pending, self._filled, self._total = bytearray(), 0, 0
+        return pos
+
+    def release(self) -> None:
+        """The caller is done with the views :meth:`feed` returned last (pooled buffers
+        go back; the next :meth:`feed` does this anyway)."""
+        buf, self._handed_out = self._handed_out, None
+        if buf is not None and self._pool is not None:
+            self._pool.give(buf)
+
+    def _header_len(self, buf: bytearray) -> int:
+        if self._framing is not Framing.ABRIDGED:
+            return 4
+        return 4 if buf and buf[0] & 0x7F == 0x7F else 1
+
+    def _header(
+        self, buf: bytearray | memoryview, pos: int, end: int
+    ) -> tuple[int, int, int, bool] | None:
+        """(header length, packet length, payload length kept, quick ack) or None if short."""
+        if self._framing is Framing.ABRIDGED:
+            if end - pos < 1:
+                return None
+            first = buf[pos]
+            quickack = bool(first & QUICKACK_ABRIDGED)
+            words = first & 0x7F
+            head = 1
+            if words == 0x7F:
+                if end - pos < 4:
+                    return None
+                words = int.from_bytes(buf[pos + 1 : pos + 4], "little")
+                head = 4
+            length = take = words * 4
+        else:
+            if end - pos < 4:
+                return None
+            raw = int.from_bytes(buf[pos : pos + 4], "little")
+            quickack = bool(raw & QUICKACK_INTERMEDIATE)
+            length = raw & ~QUICKACK_INTERMEDIATE
+            if length & 0x40000000:
+                raise FramingError(f"length field {raw:#x} has reserved bits set")
+            head = 4
+            take = length & ~3 if self._framing is Framing.PADDED else length
+            if self._framing is Framing.INTERMEDIATE and length % 4:
+                raise FramingError(f"intermediate length {length} is not a multiple of 4")
+        if length <= 0 or take <= 0:
+            raise FramingError(f"empty or negative packet length {length}")
+        if length > self._max:
+            raise FramingError(f"packet length {length} exceeds the limit {self._max}")
+        return head, length, take, quickack

@@ -29,6 +29,12 @@ class DirectUpstreams:
         settings = server.settings
         self.dcs = DcTable(settings.dc, settings.prefer_ipv6)
 
+    async def start(self) -> None:
+        """Nothing to prepare: DC connections are opened per client."""
+
+    async def stop(self) -> None:
+        """Nothing shared to close."""
+
     def open(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
         return self.server.loop.create_task(self._connect(client, accepted))
 

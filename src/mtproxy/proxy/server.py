@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from mtproxy.config.settings import Settings
+from mtproxy.middle.upstream import MiddleUpstreams
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.protocol.replay import ReplayCache, ReplayGuard
@@ -31,6 +32,8 @@ class Upstreams(Protocol):
     supports_passthrough: bool
 
     def open(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 class ProxyServer:
@@ -40,6 +43,7 @@ class ProxyServer:
         *,
         replay: ReplayGuard | None = None,
         listen_sockets: Sequence[socket.socket] = (),
+        upstreams: Callable[[ProxyServer], Upstreams] | None = None,
     ) -> None:
         if not settings.secret_keys:
             raise ValueError("ProxyServer needs at least one secret")
@@ -65,7 +69,13 @@ class ProxyServer:
             tls_max_past=settings.replay_window,
             tls_max_future=settings.tls_max_future,
         )
-        self.upstreams: Upstreams = DirectUpstreams(self)
+        self.upstreams: Upstreams
+        if upstreams is not None:
+            self.upstreams = upstreams(self)
+        elif settings.middle_mode:
+            self.upstreams = MiddleUpstreams(self)
+        else:
+            self.upstreams = DirectUpstreams(self)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         self.sessions: set[ClientConnection] = set()
         #: Local addresses of our connections to the mask host (see MaskConnection).
@@ -119,12 +129,17 @@ class ProxyServer:
 
     async def start(self) -> None:
         settings = self.settings
-        socks = self._given_sockets or [self._bind(ep) for ep in settings.listen]
-        for sock in socks:
-            server = await self.loop.create_server(
-                self.connection_factory, sock=sock, backlog=settings.backlog
-            )
-            self._servers.append(server)
+        await self.upstreams.start()
+        try:
+            socks = self._given_sockets or [self._bind(ep) for ep in settings.listen]
+            for sock in socks:
+                server = await self.loop.create_server(
+                    self.connection_factory, sock=sock, backlog=settings.backlog
+                )
+                self._servers.append(server)
+        except BaseException:
+            await self.upstreams.stop()
+            raise
         self._sweeper = self.loop.create_task(self._sweep_idle())
 
     def _bind(self, endpoint: Endpoint) -> socket.socket:
@@ -185,6 +200,7 @@ class ProxyServer:
                 await self._sweeper
         for server in self._servers:
             await server.wait_closed()
+        await self.upstreams.stop()
         await asyncio.sleep(0)
 
     async def __aenter__(self) -> ProxyServer:

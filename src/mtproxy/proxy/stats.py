@@ -46,6 +46,31 @@ class ProxyStats:
     #: (mode or "-", outcome) -> count; outcome is "ok" or a rejection reason.
     handshakes: Counter[tuple[str, str]] = field(default_factory=Counter)
     users: list[UserStats] = field(default_factory=list)
+    # -- middle-proxy mode (all zero in direct mode) --------------------------------------
+    #: Gauges: middle-proxy addresses in the current proxy list, how many of them have
+    #: at least one ready RPC connection, ready RPC connections, clients multiplexed now.
+    me_targets: int = 0
+    me_targets_ready: int = 0
+    me_connections_active: int = 0
+    me_clients_active: int = 0
+    #: Counters: RPC connection attempts, attempts that failed before the handshake
+    #: finished, and ready connections that were lost afterwards.
+    me_connects: int = 0
+    me_connect_failures: int = 0
+    me_disconnects: int = 0
+    #: Counters: RPC_PROXY_REQ sent, RPC_PROXY_ANS and RPC_SIMPLE_ACK delivered,
+    #: RPC_CLOSE_EXT received, client packets not forwarded (the official server's
+    #: filter), clients dropped because they did not read their answers.
+    me_requests: int = 0
+    me_answers: int = 0
+    me_quickacks: int = 0
+    me_closed_by_telegram: int = 0
+    me_packets_dropped: int = 0
+    me_slow_clients_dropped: int = 0
+    #: Counters: proxy list / secret downloads that were used, and that were refused or
+    #: failed (the previous copy stays in use).
+    me_config_loads: int = 0
+    me_config_failures: int = 0
 
     def uptime(self) -> float:
         return time.time() - self.started

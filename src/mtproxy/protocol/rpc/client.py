@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from ipaddress import IPv4Address, ip_address
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.proxy_config import key_selector
 from mtproxy.protocol.rpc.codec import RpcCodec
 from mtproxy.protocol.rpc.constants import (
@@ -80,6 +82,7 @@ class RpcClient:
         nonce: bytes | None = None,
         pid: int | None = None,
         max_frame_len: int = DEFAULT_MAX_FRAME_LEN,
+        buffer_pool: BufferPool | None = None,
     ) -> None:
         if len(secret) < 4:
             raise ValueError("proxy secret too short")
@@ -97,7 +100,7 @@ class RpcClient:
         if len(self._nonce) != 16:
             raise ValueError("nonce must be 16 bytes")
         self._request_crc32c = request_crc32c
-        self._codec = RpcCodec(max_frame_len=max_frame_len)
+        self._codec = RpcCodec(max_frame_len=max_frame_len, pool=buffer_pool)
         self._state = RpcClientState.NEW
         self._out: list[bytes] = []
         self._keys: RpcKeys | None = None
@@ -161,6 +164,42 @@ class RpcClient:
             raise ValueError(f"cannot send in state {self._state.value}")
         for message in messages:
             self._out.append(self._codec.encode(message.encode()))
+
+    def send_payloads(self, *payloads: bytes) -> None:
+        """Queue already-encoded message payloads (the relay's hot path skips the objects)."""
+        if not self.ready:
+            raise ValueError(f"cannot send in state {self._state.value}")
+        encode = self._codec.encode
+        self._out.extend(encode(payload) for payload in payloads)
+
+    def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Queue one message given in pieces; they are encrypted before this returns."""
+        if not self.ready:
+            raise ValueError(f"cannot send in state {self._state.value}")
+        self._out.extend(self._codec.encode_parts(parts))
+
+    def receive_raw(self, data: bytes) -> list[memoryview]:
+        """Like :meth:`receive`, but returns undecoded payloads (read-only views).
+
+        For the relay's hot path: the caller dispatches on the opcode itself and must
+        answer RPC_PING (``receive`` does that automatically). Handshake frames are
+        still consumed here.
+        """
+        if self._state is RpcClientState.READY:
+            try:
+                return self._codec.feed_views(data)
+            except RpcError:
+                self._state = RpcClientState.FAILED
+                raise
+        out: list[memoryview] = []
+        for message in self.receive(data):
+            if not isinstance(message, Ping):  # receive() already answered it
+                out.append(memoryview(message.encode()))
+        return out
+
+    def release(self) -> None:
+        """Done with the views :meth:`receive_raw` returned (see RpcCodec.release)."""
+        self._codec.release()
 
     def data_to_send(self) -> bytes:
         """Everything queued so far (handshake, pongs, sent messages), padded for AES."""

@@ -25,10 +25,13 @@ Typical order on either side::
 from __future__ import annotations
 
 import struct
+import zlib
+from collections.abc import Sequence
 from typing import Final
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.rpc.constants import (
     DEFAULT_MAX_FRAME_LEN,
     FIRST_SEQ,
@@ -36,7 +39,7 @@ from mtproxy.protocol.rpc.constants import (
     MIN_FRAME_LEN,
     PADDING_WORD,
 )
-from mtproxy.protocol.rpc.crc import crc32, crc32c
+from mtproxy.protocol.rpc.crc import crc32, crc32c, crc32c_pure
 from mtproxy.protocol.rpc.errors import RpcError
 from mtproxy.protocol.rpc.keys import RpcKeys
 
@@ -71,7 +74,9 @@ class RpcCodec:
     Any :class:`RpcError` leaves the codec failed; every later call raises again.
     """
 
-    def __init__(self, *, max_frame_len: int = DEFAULT_MAX_FRAME_LEN) -> None:
+    def __init__(
+        self, *, max_frame_len: int = DEFAULT_MAX_FRAME_LEN, pool: BufferPool | None = None
+    ) -> None:
         if max_frame_len < MIN_FRAME_LEN:
             raise ValueError(f"max_frame_len must be at least {MIN_FRAME_LEN}")
         self._max_frame_len = max_frame_len
@@ -82,6 +87,13 @@ class RpcCodec:
         self._out_partial = 0  # bytes handed to the encryptor since the last block boundary
         self._plain = bytearray()  # received plaintext not yet parsed into frames
         self._held = bytearray()  # received ciphertext that arrived before the keys
+        # feed_views: a split frame being assembled, and the buffers of frames whose
+        # views were handed out by the last call (back to the pool on release()).
+        self._pool = pool
+        self._frame: bytearray | None = None
+        self._frame_len = 0
+        self._frame_filled = 0
+        self._handed_out: list[bytearray] = []
         self._awaiting_keys = False
         self._crc32c = False
         self._failure: str | None = None
@@ -116,7 +128,7 @@ class RpcCodec:
     @property
     def buffered(self) -> int:
         """Received bytes not yet returned as payloads (partial frames, held ciphertext)."""
-        return len(self._plain) + len(self._held)
+        return len(self._plain) + len(self._held) + self._frame_filled
 
     def set_crc32c(self, enabled: bool = True) -> None:
         """Use CRC32C instead of CRC32 for frames with seq >= 0, both directions."""
@@ -168,6 +180,41 @@ class RpcCodec:
         self._out_partial = (self._out_partial + length) % 16
         return self._encryptor.update(bytes(frame))
 
+    def encode_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
+        """Like :meth:`encode` for a payload given in pieces, without joining them first.
+
+        Returns the output as several byte strings (write them in order); the pieces
+        are consumed before this returns, so they may be views of a reused buffer.
+        """
+        self._check_alive()
+        size = sum(len(part) for part in parts)
+        if size < 4 or size % 4:
+            raise ValueError(f"RPC payload must be a non-empty multiple of 4 bytes, got {size}")
+        length = size + FRAME_OVERHEAD
+        if length > self._max_frame_len:
+            raise ValueError(f"frame of {length} bytes exceeds the limit {self._max_frame_len}")
+        seq = self._out_seq
+        self._out_seq = _next_seq(seq)
+        head = _HEAD.pack(length, seq)
+        if self._crc32c and seq >= 0:
+            crc = crc32c(head)
+            for part in parts:
+                crc = crc32c_pure(part, crc)
+        else:
+            crc = zlib.crc32(head)
+            for part in parts:
+                crc = zlib.crc32(part, crc)
+        tail = _U32.pack(crc)
+        encryptor = self._encryptor
+        if encryptor is None:
+            return [head, *(bytes(part) for part in parts), tail]
+        self._out_partial = (self._out_partial + length) % 16
+        update = encryptor.update
+        out = [update(head)]
+        out += [update(part) for part in parts]
+        out.append(update(tail))
+        return out
+
     def flush(self) -> bytes:
         """Pad the encrypted stream to a block boundary and return the remaining bytes."""
         self._check_alive()
@@ -188,6 +235,8 @@ class RpcCodec:
     def feed(self, data: bytes) -> list[bytes]:
         """Take received bytes; return the payloads of the frames they completed."""
         self._check_alive()
+        if self._frame is not None:
+            raise ValueError("feed() after feed_views() left a split frame; keep to feed_views()")
         if self._awaiting_keys:
             self._held += data
             return []
@@ -201,6 +250,126 @@ class RpcCodec:
         except RpcError as exc:
             self._failure = str(exc)
             raise
+
+    def feed_views(self, data: bytes) -> list[memoryview]:
+        """Like :meth:`feed`, but payloads are views instead of copies.
+
+        Once encryption is on, a frame that arrived whole is a view of the decrypted
+        chunk (the decryption's copy is the only one); a frame split across reads is
+        assembled once, in a buffer from ``pool`` that goes back on :meth:`release`
+        or the next call. So the views are valid only until then: use or copy them
+        first. Before encryption it falls back to :meth:`feed`.
+        """
+        self._check_alive()
+        self.release()
+        decryptor = self._decryptor
+        if decryptor is None or self._awaiting_keys:
+            return [memoryview(payload) for payload in self.feed(data)]
+        try:
+            chunk = memoryview(decryptor.update(data)) if data else memoryview(b"")
+            out: list[memoryview] = []
+            if self._frame is not None or self._plain:
+                chunk = self._complete_pending(chunk, out)
+                if self._frame is not None or self._plain:
+                    return out
+            pos = self._parse_views(chunk, out)
+            if pos < len(chunk):
+                self._keep(chunk[pos:])
+            return out
+        except RpcError as exc:
+            self._failure = str(exc)
+            raise
+
+    def release(self) -> None:
+        """The caller is done with the views :meth:`feed_views` returned last.
+
+        Frames that were split across reads were assembled in pooled buffers; this
+        gives them back (the next :meth:`feed_views` call does it anyway).
+        """
+        if self._handed_out:
+            if self._pool is not None:
+                for buf in self._handed_out:
+                    self._pool.give(buf)
+            self._handed_out.clear()
+
+    def _keep(self, rest: memoryview) -> None:
+        """Hold the start of an incomplete frame (its length, if present, was checked)."""
+        if len(rest) < 4:
+            self._plain += rest
+            return
+        (length,) = _I32.unpack_from(rest)
+        self._begin_frame(length, rest)
+
+    def _begin_frame(self, length: int, start: bytes | bytearray | memoryview) -> None:
+        frame = self._pool.take(length) if self._pool is not None else bytearray(length)
+        frame[: len(start)] = start
+        self._frame, self._frame_len, self._frame_filled = frame, length, len(start)
+
+    def _complete_pending(self, chunk: memoryview, out: list[memoryview]) -> memoryview:
+        """Move the rest of the frame begun earlier out of ``chunk``; return the rest."""
+        if self._frame is None:
+            plain = self._plain
+            need = 4 - len(plain)
+            if need > 0:
+                plain += chunk[:need]
+                chunk = chunk[need:]
+                if len(plain) < 4:
+                    return chunk
+            (length,) = _I32.unpack_from(plain)
+            if length == 4 or not MIN_FRAME_LEN <= length <= self._max_frame_len or length % 4:
+                # Filler words and bad lengths: let the general parser decide.
+                joined = memoryview(bytes(plain) + chunk)
+                plain.clear()
+                pos = self._parse_views(joined, out)
+                return joined[pos:]
+            if len(plain) >= length:  # left over by feed(): whole frames already
+                joined = memoryview(bytes(plain) + chunk)
+                plain.clear()
+                pos = self._parse_views(joined, out)
+                return joined[pos:]
+            self._begin_frame(length, plain)
+            plain.clear()
+        frame, length, filled = self._frame, self._frame_len, self._frame_filled
+        assert frame is not None
+        add = min(length - filled, len(chunk))
+        frame[filled : filled + add] = chunk[:add]
+        filled += add
+        if filled < length:
+            self._frame_filled = filled
+            return chunk[add:]
+        self._frame, self._frame_filled = None, 0
+        self._handed_out.append(frame)
+        self._parse_views(memoryview(frame)[:length], out)
+        return chunk[add:]
+
+    def _parse_views(self, buf: memoryview, out: list[memoryview]) -> int:
+        """Append the payloads of the whole frames in ``buf``; return the bytes used."""
+        pos, end = 0, len(buf)
+        max_len = self._max_frame_len
+        while end - pos >= 4:
+            (length,) = _I32.unpack_from(buf, pos)
+            if length <= 0 or length % 4 or length > max_len:
+                raise RpcError(f"bad RPC frame length {length}")
+            if length == 4:
+                pos += 4
+                continue
+            if length < MIN_FRAME_LEN:
+                raise RpcError(f"RPC frame length {length} below the minimum {MIN_FRAME_LEN}")
+            if end - pos < length:
+                break
+            expected_seq = self._in_seq
+            crc_end = pos + length - 4
+            (crc,) = _U32.unpack_from(buf, crc_end)
+            actual = self._checksum(expected_seq, buf[pos:crc_end])
+            if crc != actual:
+                raise RpcError(f"RPC frame CRC mismatch: got {crc:08x}, computed {actual:08x}")
+            (seq,) = _I32.unpack_from(buf, pos + 4)
+            if seq != expected_seq:
+                raise RpcError(f"RPC frame seq {seq}, expected {expected_seq}")
+            self._in_seq = _next_seq(seq)
+            out.append(buf[pos + 8 : crc_end])
+            pos += length
+        return pos
 
     def _parse(self) -> list[bytes]:
         buf = self._plain

@@ -1,0 +1,143 @@
+"""A fake middle-proxy for the benchmark, run as its own process so its CPU is not the proxy's.
+
+It speaks the server side of the RPC link (nonce, AES-CBC keys, handshake, frames)
+and picks a behaviour per client packet from the packet's first 8 bytes (where an
+MTProto packet has its auth_key_id, so the proxy forwards it as an encrypted one):
+
+- ``BENCHECH``: echo the packet back;
+- ``BENCHSRC`` + u64 n + u32 last: answer with n bytes (a file part; the client keeps a
+  few requests in flight, as apps do), then RPC_CLOSE_EXT if ``last``;
+- ``BENCHSNK``: count the packet's bytes; ``BENCHEND``: answer with the count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import struct
+import time
+from ipaddress import ip_address
+from typing import cast
+
+from mtproxy.protocol.rpc import (
+    CloseConn,
+    CloseExt,
+    Handshake,
+    Nonce,
+    Ping,
+    ProcessId,
+    ProxyAns,
+    ProxyReq,
+    RpcCodec,
+    derive_keys,
+    parse_message,
+)
+
+ECHO, SOURCE, SINK, END = b"BENCHECH", b"BENCHSRC", b"BENCHSNK", b"BENCHEND"
+PART = 1024 * 1024
+ZEROS = bytes(PART)
+
+
+class MeProtocol(asyncio.Protocol):
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.codec = RpcCodec()
+        self.transport: asyncio.Transport | None = None
+        self.stage = 0  # 0 nonce, 1 handshake, 2 ready
+        self.sinks: dict[int, int] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        payloads = self.codec.feed(data)
+        out: list[bytes] = []
+        while payloads:
+            payload = payloads.pop(0)
+            if self.stage == 0:
+                out.append(self._on_nonce(payload))
+                payloads.extend(self.codec.feed(b""))
+            elif self.stage == 1:
+                hello = Handshake.decode(payload)
+                reply = Handshake(0, ProcessId(), hello.sender_pid)
+                out.append(self.codec.encode_flush(reply.encode()))
+                self.stage = 2
+            else:
+                out.append(self._on_message(payload))
+        self.transport.write(b"".join(out) + self.codec.flush())
+
+    def _on_nonce(self, payload: bytes) -> bytes:
+        assert self.transport is not None
+        theirs = Nonce.decode(payload)
+        mine = Nonce(theirs.key_select, int(time.time()), os.urandom(16))
+        wire = self.codec.encode(mine.encode())
+        local = self.transport.get_extra_info("sockname")
+        peer = self.transport.get_extra_info("peername")
+        keys = derive_keys(
+            nonce_srv=mine.nonce, nonce_clt=theirs.nonce, clt_ts=theirs.crypto_ts,
+            srv_ip=ip_address(local[0]), srv_port=local[1],
+            clt_ip=ip_address(peer[0]), clt_port=peer[1],
+            secret=self.secret, am_client=False,
+        )
+        self.codec.start_encryption(keys)
+        self.stage = 1
+        return wire
+
+    def _on_message(self, payload: bytes) -> bytes:
+        message = parse_message(payload)
+        if isinstance(message, ProxyReq):
+            data = message.payload
+            kind = data[:8]
+            if kind == ECHO:
+                return self.codec.encode(ProxyAns(0, message.conn_id, data).encode())
+            if kind == SOURCE:
+                size, last = struct.unpack_from("<QI", data, 8)
+                return self._part(message.conn_id, size, bool(last))
+            elif kind == SINK:
+                self.sinks[message.conn_id] = self.sinks.get(message.conn_id, 0) + len(data)
+            elif kind == END:
+                count = struct.pack("<Q", self.sinks.pop(message.conn_id, 0))
+                return self.codec.encode(ProxyAns(0, message.conn_id, count).encode())
+        elif isinstance(message, CloseConn):
+            self.sinks.pop(message.conn_id, None)
+        elif isinstance(message, Ping):
+            return self.codec.encode(message.pong().encode())
+        return b""
+
+    def _part(self, conn_id: int, size: int, last: bool) -> bytes:
+        parts = []
+        while size > 0:
+            chunk = min(size, PART)
+            parts.append(self.codec.encode(ProxyAns(0, conn_id, ZEROS[:chunk]).encode()))
+            size -= chunk
+        if last:
+            parts.append(self.codec.encode(CloseExt(conn_id).encode()))
+        return b"".join(parts)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--secret-file", required=True)
+    args = parser.parse_args()
+    with open(args.secret_file, "rb") as fh:
+        secret = fh.read()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: MeProtocol(secret), "127.0.0.1", args.port, backlog=4096
+    )
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())
