@@ -521,12 +521,15 @@ class Startup:
                                     on_unsaved=unsaved.append)
         except FetchError as exc:
             raise Fatal(code, f"Cannot get the {what} from Telegram servers: {exc}.") from None
-        path = cache
         if unsaved:
             path = _temporary_copy(cache.name, data, code, what)
             self.temporary.append(path)
             _say(f"[!] {unsaved[0]}; using the temporary copy {path} instead.")
-        self.put(name, str(path), "download")
+            self.put(name, str(path), "download")
+            return
+        # The proxy downloads it again every hour from the URL and falls back to the
+        # copy just saved in the data directory, so a static path is not passed on.
+        self.put(name, url, "download")
 
     def external_ip(self) -> str:
         given_host = self.given("public_host")
