@@ -23,7 +23,7 @@ from mtproxy.config.settings import (
     add_arguments,
     load_settings,
 )
-from mtproxy.ops.users import UserConfig
+from mtproxy.config.users import UserConfig
 from mtproxy.protocol.secret import ClientSecret, Mode
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")

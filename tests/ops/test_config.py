@@ -10,7 +10,7 @@ import pytest
 
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
-from mtproxy.ops.users import byte_size, expiry
+from mtproxy.config.users import byte_size, expiry
 
 HEX = "0123456789abcdef0123456789abcdef"
 HEX2 = "fedcba9876543210fedcba9876543210"

@@ -18,7 +18,7 @@ from typing import Any
 
 from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
-from mtproxy.ops.users import UserConfig, check_unique, user_entry
+from mtproxy.config.users import UserConfig, check_unique, user_entry
 from mtproxy.protocol.dc import Endpoint
 from mtproxy.protocol.errors import SecretError
 from mtproxy.protocol.secret import ClientSecret, Mode, parse_hex32

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
-from mtproxy.ops.users import UserConfig
+from mtproxy.config.users import UserConfig
 from mtproxy.protocol.secret import ClientSecret
 from mtproxy.proxy.stats import NO_LIMIT, UserStats
 from mtproxy.state import StateError, atomic_write

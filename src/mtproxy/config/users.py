@@ -1,6 +1,6 @@
 """Named users from the TOML ``[[users]]`` tables: a secret each, and optional limits.
 
-This module only reads and checks configuration; enforcement lives in
+Configuration only; enforcement lives in
 :mod:`mtproxy.ops.limits`. Converters raise ``ValueError("problem; fix")`` like the
 rest of :mod:`mtproxy.config.convert`.
 """
