@@ -290,9 +290,15 @@ async def test_byte_counters_match_the_traffic(loop_impl: str) -> None:
                     stream.send_packet(b"\x00" * size)
                     await stream.drain()
                     assert len(await stream.recv_packet()) == size
+                assert proxy.stats.sessions_active == 1
                 sent += stream.bytes_out
                 received += stream.bytes_in
         assert sent > 2 * 40400
+        for _ in range(100):
+            if proxy.stats.sessions_active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert proxy.stats.sessions_active == 0
         assert proxy.stats.bytes_from_clients == sent
         assert proxy.stats.bytes_to_clients == received
         assert proxy.stats.users[0].bytes_from_client == sent

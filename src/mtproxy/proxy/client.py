@@ -69,6 +69,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "proxy_header",
         "reading_paused",
         "records",
+        "relaying",
         "server",
         "stats",
         "timer",
@@ -111,6 +112,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.closed = False
         self.reading_paused = False
         self.write_paused = False
+        #: Counted in stats.sessions_active (handshake done, upstream connected).
+        self.relaying = False
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.stats.connections_active -= 1
+        if self.relaying:
+            self.stats.sessions_active -= 1
         if self.user is not None:
             self.user.connections_active -= 1
         self.server.sessions.discard(self)
@@ -315,6 +320,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.upstream = peer
         self.connect_task = None
+        if self.accepted is not None and not self.relaying:
+            self.relaying = True
+            self.stats.sessions_active += 1
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
