@@ -147,41 +147,52 @@ class PacketReader:
 
     def _next(self) -> Packet | None:
         buf = self._buf
-        if self._framing is Framing.ABRIDGED:
-            if not buf:
-                return None
-            first = buf[0]
-            quickack = bool(first & QUICKACK_ABRIDGED)
-            words = first & 0x7F
-            head = 1
-            if words == 0x7F:
-                if len(buf) < 4:
-                    return None
-                words = int.from_bytes(buf[1:4], "little")
-                head = 4
-            length = words * 4
-            take = length
-        else:
-            if len(buf) < 4:
-                return None
-            raw = int.from_bytes(buf[:4], "little")
-            quickack = bool(raw & QUICKACK_INTERMEDIATE)
-            length = raw & ~QUICKACK_INTERMEDIATE
-            if length & 0x40000000:
-                raise FramingError(f"length field {raw:#x} has reserved bits set")
-            head = 4
-            take = length & ~3 if self._framing is Framing.PADDED else length
-            if self._framing is Framing.INTERMEDIATE and length % 4:
-                raise FramingError(f"intermediate length {length} is not a multiple of 4")
-        if length <= 0 or take <= 0:
-            raise FramingError(f"empty or negative packet length {length}")
-        if length > self._max:
-            raise FramingError(f"packet length {length} exceeds the limit {self._max}")
+        parsed = parse_header(self._framing, buf, 0, len(buf), self._max)
+        if parsed is None:
+            return None
+        head, length, take, quickack = parsed
         if len(buf) < head + length:
             return None
         payload = bytes(buf[head : head + take])
         del buf[: head + length]
         return Packet(payload, quickack)
+
+
+def parse_header(
+    framing: Framing, buf: bytearray | memoryview, pos: int, end: int, max_packet: int
+) -> tuple[int, int, int, bool] | None:
+    """The frame header at ``buf[pos:end]``: (header length, packet length, payload
+    length kept, quick ack), or None while the header is incomplete."""
+    if framing is Framing.ABRIDGED:
+        if end - pos < 1:
+            return None
+        first = buf[pos]
+        quickack = bool(first & QUICKACK_ABRIDGED)
+        words = first & 0x7F
+        head = 1
+        if words == 0x7F:
+            if end - pos < 4:
+                return None
+            words = int.from_bytes(buf[pos + 1 : pos + 4], "little")
+            head = 4
+        length = take = words * 4
+    else:
+        if end - pos < 4:
+            return None
+        raw = int.from_bytes(buf[pos : pos + 4], "little")
+        quickack = bool(raw & QUICKACK_INTERMEDIATE)
+        length = raw & ~QUICKACK_INTERMEDIATE
+        if length & 0x40000000:
+            raise FramingError(f"length field {raw:#x} has reserved bits set")
+        head = 4
+        take = length & ~3 if framing is Framing.PADDED else length
+        if framing is Framing.INTERMEDIATE and length % 4:
+            raise FramingError(f"intermediate length {length} is not a multiple of 4")
+    if length <= 0 or take <= 0:
+        raise FramingError(f"empty or negative packet length {length}")
+    if length > max_packet:
+        raise FramingError(f"packet length {length} exceeds the limit {max_packet}")
+    return head, length, take, quickack
 
 
 #: One cut packet: its payload and whether the client asked for a quick ack.
@@ -299,34 +310,4 @@ class PacketSplitter:
     def _header(
         self, buf: bytearray | memoryview, pos: int, end: int
     ) -> tuple[int, int, int, bool] | None:
-        """(header length, packet length, payload length kept, quick ack) or None if short."""
-        if self._framing is Framing.ABRIDGED:
-            if end - pos < 1:
-                return None
-            first = buf[pos]
-            quickack = bool(first & QUICKACK_ABRIDGED)
-            words = first & 0x7F
-            head = 1
-            if words == 0x7F:
-                if end - pos < 4:
-                    return None
-                words = int.from_bytes(buf[pos + 1 : pos + 4], "little")
-                head = 4
-            length = take = words * 4
-        else:
-            if end - pos < 4:
-                return None
-            raw = int.from_bytes(buf[pos : pos + 4], "little")
-            quickack = bool(raw & QUICKACK_INTERMEDIATE)
-            length = raw & ~QUICKACK_INTERMEDIATE
-            if length & 0x40000000:
-                raise FramingError(f"length field {raw:#x} has reserved bits set")
-            head = 4
-            take = length & ~3 if self._framing is Framing.PADDED else length
-            if self._framing is Framing.INTERMEDIATE and length % 4:
-                raise FramingError(f"intermediate length {length} is not a multiple of 4")
-        if length <= 0 or take <= 0:
-            raise FramingError(f"empty or negative packet length {length}")
-        if length > self._max:
-            raise FramingError(f"packet length {length} exceeds the limit {self._max}")
-        return head, length, take, quickack
+        return parse_header(self._framing, buf, pos, end, self._max)
