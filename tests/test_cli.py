@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from system_tools import require_binary
 
 from mtproxy.protocol.secret import Mode, parse_secret
 
@@ -72,13 +72,11 @@ def secrets_in(lines: list[str]) -> set[str]:
     return {line.split("secret=")[1] for line in lines if "secret=" in line}
 
 
-@pytest.mark.skipif(
-    shutil.which("unshare") is None and not os.environ.get("CI"),
-    reason="needs unshare(1) for a private network namespace",
-)
 def test_zero_config_start_in_a_fresh_network_namespace(tmp_path: Path) -> None:
     """No options at all: port 443 on all addresses, a generated secret, links printed."""
-    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *PYTHON, "run"]
+    unshare = require_binary("unshare", "util-linux")
+    require_binary("ip", "iproute2")
+    cmd = [unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *PYTHON, "run"]
     first = Running(cmd, env_for(tmp_path))
     lines = first.read_links()
     err = first.stop()

@@ -9,13 +9,12 @@ stand-in replica parses the header with :func:`parse_proxy_header` and serves
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from system_tools import require_binary
 
 from mtproxy.protocol.proxy_protocol import (
     MAX_HEADER_LENGTH,
@@ -25,15 +24,6 @@ from mtproxy.protocol.proxy_protocol import (
 )
 
 HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
-
-
-def haproxy_binary() -> str:
-    binary = shutil.which("haproxy")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("haproxy binary missing in CI (apt-get install -y haproxy)")
-        pytest.skip("haproxy binary not installed (apt-get install -y haproxy)")
-    return binary
 
 
 def free_port() -> int:
@@ -107,7 +97,7 @@ class Replica:
 
 @pytest.mark.timeout_s(60)
 async def test_shipped_haproxy_config_forwards_with_proxy_v2(tmp_path: Path) -> None:
-    binary = haproxy_binary()
+    binary = require_binary("haproxy", "haproxy")
     replica = Replica()
     client_server = await asyncio.start_server(replica.client, "127.0.0.1", 0)
     stats_server = await asyncio.start_server(replica.stats, "127.0.0.1", 0)

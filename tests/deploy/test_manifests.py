@@ -10,9 +10,7 @@ problems, and every one is shown to fire on a broken copy of the recipe.
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
+from system_tools import require_binary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_DIR = DEPLOY / "kubernetes"
@@ -659,19 +658,10 @@ def test_haproxy_essentials_catch(old: str, new: str, expected: str) -> None:
 # --- the real haproxy binary --------------------------------------------------------
 
 
-def haproxy_binary() -> str:
-    """CI installs haproxy, so there a missing binary fails instead of skipping."""
-    binary = shutil.which("haproxy")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("haproxy binary missing in CI (apt-get install -y haproxy)")
-        pytest.skip("haproxy binary not installed (apt-get install -y haproxy)")
-    return binary
-
-
 def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
+    binary = require_binary("haproxy", "haproxy")
     return subprocess.run(
-        [haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+        [binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
     )
 
 

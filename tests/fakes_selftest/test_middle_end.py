@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 from ipaddress import IPv4Address, ip_address
 
@@ -281,17 +280,7 @@ async def test_kill_connection_and_stop() -> None:
         await asyncio.open_connection(*address)
 
 
-def _ipv6_loopback_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.timeout_s(20)
-@pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback on this host")
 async def test_ipv6_connection_uses_ipv6_key_variant() -> None:
     async with FakeMiddleEnd(SECRET, host="::1") as me:
         client = await MiniClient.connect(me)

@@ -313,16 +313,6 @@ async def test_stats_gauges_follow_the_pool(tmp_path: Path) -> None:
         assert server.stats.me_targets == 0
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
 async def test_ipv6_list_with_prefer_ipv6(tmp_path: Path) -> None:
     """Keys over IPv6 mix in both 16-byte addresses; the v6 list wins with --prefer-ipv6."""
     async with (

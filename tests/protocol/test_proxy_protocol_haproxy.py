@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -18,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from system_tools import require_binary
 
 from mtproxy.protocol.proxy_protocol import (
     MAX_HEADER_LENGTH,
@@ -25,17 +24,6 @@ from mtproxy.protocol.proxy_protocol import (
     ProxyProtocolError,
     parse_proxy_header,
 )
-
-HAPROXY = shutil.which("haproxy")
-
-
-def require_haproxy() -> str:
-    """CI installs haproxy, so there a missing binary is a failure, not a skip."""
-    if HAPROXY is None:
-        if os.environ.get("CI"):
-            pytest.fail("haproxy binary missing in CI (apt-get install -y haproxy)")
-        pytest.skip("haproxy binary not installed (apt-get install -y haproxy)")
-    return HAPROXY
 
 
 def free_port(host: str) -> int:
@@ -137,7 +125,7 @@ SEND_OPTIONS = {
 
 @pytest.mark.timeout_s(60)
 async def test_real_haproxy_headers_parse() -> None:
-    binary = require_haproxy()
+    binary = require_binary("haproxy", "haproxy")
     backend = Backend()
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     backend_port = server.sockets[0].getsockname()[1]
@@ -180,7 +168,7 @@ async def test_real_haproxy_headers_parse() -> None:
 @pytest.mark.timeout_s(60)
 async def test_real_haproxy_health_check_sends_local() -> None:
     """``check-send-proxy`` health checks arrive as a v2 LOCAL header, which must parse."""
-    binary = require_haproxy()
+    binary = require_binary("haproxy", "haproxy")
     backend = Backend()
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     backend_port = server.sockets[0].getsockname()[1]
