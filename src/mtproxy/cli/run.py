@@ -20,8 +20,8 @@ from mtproxy.ops.runtime import StopSignal, local_stats, run_until_stopped
 from mtproxy.ops.server import OpsServer
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
-from mtproxy.proxy.server import ListenError, ProxyServer
-from mtproxy.proxy.sockets import listening_socket
+from mtproxy.proxy.server import ProxyServer
+from mtproxy.proxy.sockets import ListenError, listen_error, listening_socket
 from mtproxy.publicip import detect_public_ip, local_outbound_ip
 from mtproxy.state import StateError, load_or_create_secrets
 
@@ -141,9 +141,9 @@ def bind_listeners(settings: Settings, *, reuse_port: bool = False) -> list[sock
         )
 
     socks: list[socket.socket] = []
-    endpoints: list[Endpoint] = list(settings.listen)
+    endpoint: Endpoint = ("", 0)
     try:
-        for endpoint in endpoints:
+        for endpoint in settings.listen:
             try:
                 socks.append(bind(endpoint))
             except OSError as exc:
@@ -152,29 +152,18 @@ def bind_listeners(settings: Settings, *, reuse_port: bool = False) -> list[sock
                 if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and ":" in endpoint[0]:
                     log.info("IPv6 unavailable, not listening on %s", format_endpoint(endpoint))
                     continue
-                if isinstance(exc, PermissionError) and endpoint[1] < 1024:
-                    fallback = (endpoint[0], FALLBACK_PORT)
-                    log.warning(
-                        "no permission to use port %d; listening on %s instead (run as root "
-                        "or pass --listen to choose)", endpoint[1], format_endpoint(fallback)
-                    )
-                    socks.append(bind(fallback))
-                    continue
-                raise
-    except PermissionError:
-        for sock in socks:
-            sock.close()
-        raise ListenError(
-            f"cannot listen on {format_endpoint(endpoint)}: permission denied; run as root, "
-            "grant CAP_NET_BIND_SERVICE, or use --listen with a port above 1023"
-        ) from None
+                if not (isinstance(exc, PermissionError) and endpoint[1] < 1024):
+                    raise
+                wanted, endpoint = endpoint, (endpoint[0], FALLBACK_PORT)
+                log.warning(
+                    "no permission to use port %d; listening on %s instead (run as root "
+                    "or pass --listen to choose)", wanted[1], format_endpoint(endpoint)
+                )
+                socks.append(bind(endpoint))
     except OSError as exc:
         for sock in socks:
             sock.close()
-        raise ListenError(
-            f"cannot listen on {format_endpoint(endpoint)}: {exc.strerror or exc}; "
-            "choose another address with --listen"
-        ) from None
+        raise listen_error(endpoint, exc) from None
     if not socks:
         raise ListenError("no address could be bound; pass --listen HOST:PORT")
     return socks

@@ -564,7 +564,7 @@ async def supervise(
 ) -> int:
     """The supervisor's whole life (``serve`` with ``workers > 1``)."""
     from mtproxy.cli.run import bind_listeners, format_links, link_host
-    from mtproxy.proxy.server import ListenError
+    from mtproxy.proxy.sockets import ListenError
 
     try:
         socks = bind_listeners(settings, reuse_port=True)

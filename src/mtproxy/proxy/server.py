@@ -18,14 +18,10 @@ from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.direct import DirectUpstreams
 from mtproxy.proxy.peer import MaskConnection
-from mtproxy.proxy.sockets import listening_socket
+from mtproxy.proxy.sockets import listen_error, listening_socket
 from mtproxy.proxy.stats import ProxyStats, UserStats
 
 log = logging.getLogger("mtproxy.server")
-
-
-class ListenError(Exception):
-    """A listening address could not be bound; the message says why and what to do."""
 
 
 class Upstreams(Protocol):
@@ -147,16 +143,8 @@ class ProxyServer:
             return listening_socket(
                 endpoint, backlog=self.settings.backlog, keepalive=self.settings.keepalive
             )
-        except PermissionError:
-            raise ListenError(
-                f"cannot listen on {format_endpoint(endpoint)}: permission denied; run as root, "
-                "grant CAP_NET_BIND_SERVICE, or use --listen with a port above 1023"
-            ) from None
         except OSError as exc:
-            raise ListenError(
-                f"cannot listen on {format_endpoint(endpoint)}: {exc.strerror or exc}; "
-                "pick another address with --listen"
-            ) from None
+            raise listen_error(endpoint, exc) from None
 
     @property
     def addresses(self) -> list[Endpoint]:

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import socket
 
-from mtproxy.protocol.dc import Endpoint
+from mtproxy.protocol.dc import Endpoint, format_endpoint
+
+
+class ListenError(Exception):
+    """A listening address could not be bound; the message says why and what to do."""
+
+
+def listen_error(endpoint: Endpoint, exc: OSError) -> ListenError:
+    where = format_endpoint(endpoint)
+    if isinstance(exc, PermissionError):
+        return ListenError(
+            f"cannot listen on {where}: permission denied; run as root, grant "
+            "CAP_NET_BIND_SERVICE, or use --listen with a port above 1023"
+        )
+    return ListenError(
+        f"cannot listen on {where}: {exc.strerror or exc}; choose another address with --listen"
+    )
 
 
 def set_keepalive(sock: socket.socket, idle: int, *, probes: bool = True) -> None:
