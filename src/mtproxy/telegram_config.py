@@ -11,11 +11,13 @@ Blocking on purpose: this runs once at start-up, before the event loop exists.
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from mtproxy import __version__
 from mtproxy.protocol.proxy_config import (
     MAX_CONFIG_BYTES,
     ProxyConfigError,
@@ -51,21 +53,25 @@ def validate_secret(data: bytes) -> None:
 
 
 def download(url: str, *, timeout: float = DEFAULT_TIMEOUT, limit: int = MAX_CONFIG_BYTES) -> bytes:
-    """GET ``url``; anything but a 200 answer of at most ``limit`` bytes is a FetchError."""
-    request = urllib.request.Request(url, headers={"User-Agent": "mtproxy"})
+    """GET ``url``: the whole body of a 2xx answer of at most ``limit`` bytes, else FetchError
+    (also for a body shorter than its Content-Length: a download cut short)."""
+    request = urllib.request.Request(url, headers={"User-Agent": f"mtproxy/{__version__}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status = response.status
             body: bytes = response.read(limit + 1)
+            declared = response.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:
         raise FetchError(f"{url} answered HTTP {exc.code}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise FetchError(f"cannot download {url}: {reason}") from None
-    if status != 200:
+    if not 200 <= status < 300:
         raise FetchError(f"{url} answered HTTP {status}")
     if len(body) > limit:
         raise FetchError(f"{url} sent more than {limit} bytes")
+    if declared is not None and declared.isdigit() and int(declared) != len(body):
+        raise FetchError(f"{url}: body cut short, {len(body)} of {declared} bytes")
     return body
 
 

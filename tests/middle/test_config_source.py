@@ -15,13 +15,12 @@ from mtproxy.middle.config_source import (
     CONFIG_V6_CACHE,
     SECRET_CACHE,
     ConfigSource,
-    FetchError,
     MiddleConfigError,
     config_checker,
-    http_get,
 )
 from mtproxy.protocol.proxy_config import ProxyConfigError, ProxyTarget
 from mtproxy.proxy.stats import ProxyStats
+from mtproxy.telegram_config import FetchError, download
 
 from .harness import PROXY_SECRET, config_text
 from .webserver import ConfigWebServer, Reply
@@ -139,8 +138,11 @@ async def test_a_corrupt_cache_is_not_used(tmp_path: Path) -> None:
     (tmp_path / CONFIG_CACHE).write_bytes(HTML)
     (tmp_path / SECRET_CACHE).write_bytes(PROXY_SECRET)
     source = ConfigSource(
-        config=closed_port_url("/c"), secret=closed_port_url("/s"), config_v6=None,
-        data_dir=tmp_path, timeout=2.0,
+        config=closed_port_url("/c"),
+        secret=closed_port_url("/s"),
+        config_v6=None,
+        data_dir=tmp_path,
+        timeout=2.0,
     )
     with pytest.raises(MiddleConfigError, match="proxy list"):
         await source.load()
@@ -149,8 +151,11 @@ async def test_a_corrupt_cache_is_not_used(tmp_path: Path) -> None:
 async def test_nothing_at_all_is_a_clear_error(tmp_path: Path) -> None:
     url = closed_port_url("/getProxySecret")
     source = ConfigSource(
-        config=closed_port_url("/getProxyConfig"), secret=url, config_v6=None,
-        data_dir=tmp_path, timeout=2.0,
+        config=closed_port_url("/getProxyConfig"),
+        secret=url,
+        config_v6=None,
+        data_dir=tmp_path,
+        timeout=2.0,
     )
     with pytest.raises(MiddleConfigError) as info:
         await source.load()
@@ -186,9 +191,7 @@ async def test_local_files_are_read_again_and_not_cached(tmp_path: Path) -> None
     config.write_bytes(GOOD)
     secret.write_bytes(PROXY_SECRET)
     data_dir = tmp_path / "data"
-    source = ConfigSource(
-        config=str(config), secret=str(secret), config_v6=None, data_dir=data_dir
-    )
+    source = ConfigSource(config=str(config), secret=str(secret), config_v6=None, data_dir=data_dir)
     first = await source.load()
     config.write_bytes(CHANGED)
     second = await source.load()
@@ -201,7 +204,9 @@ async def test_local_files_are_read_again_and_not_cached(tmp_path: Path) -> None
 
 async def test_missing_local_file_names_the_flag(tmp_path: Path) -> None:
     source = ConfigSource(
-        config=str(tmp_path / "nope.conf"), secret=str(tmp_path / "nope"), config_v6=None,
+        config=str(tmp_path / "nope.conf"),
+        secret=str(tmp_path / "nope"),
+        config_v6=None,
         data_dir=tmp_path,
     )
     with pytest.raises(MiddleConfigError, match="cannot read"):
@@ -218,12 +223,12 @@ def test_telegrams_own_list_must_name_all_production_dcs() -> None:
     config_checker("http://mirror.example/list", DEFAULT_PROXY_CONFIG_URL)(GOOD)
 
 
-async def test_http_get_limits() -> None:
+async def test_download_limits() -> None:
     async with ConfigWebServer() as web:
         web.routes["/big"] = Reply(b"x" * 2000)
         web.routes["/ok"] = Reply(b"fine")
-        assert await asyncio.to_thread(http_get, web.url("/ok"), 5.0, 100) == b"fine"
+        assert await asyncio.to_thread(download, web.url("/ok"), timeout=5.0, limit=100) == b"fine"
         with pytest.raises(FetchError, match="more than 100"):
-            await asyncio.to_thread(http_get, web.url("/big"), 5.0, 100)
+            await asyncio.to_thread(download, web.url("/big"), timeout=5.0, limit=100)
         with pytest.raises(FetchError, match="404"):
-            await asyncio.to_thread(http_get, web.url("/missing"), 5.0, 100)
+            await asyncio.to_thread(download, web.url("/missing"), timeout=5.0, limit=100)

@@ -11,17 +11,13 @@ every refresh, so editing one takes effect without a restart.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mtproxy import __version__
 from mtproxy.config.settings import (
     DEFAULT_PROXY_CONFIG_URL,
     DEFAULT_PROXY_CONFIG_V6_URL,
@@ -36,7 +32,13 @@ from mtproxy.protocol.proxy_config import (
 )
 from mtproxy.proxy.stats import ProxyStats
 from mtproxy.state import atomic_write
-from mtproxy.telegram_config import CONFIG_FILE, CONFIG_V6_FILE, SECRET_FILE
+from mtproxy.telegram_config import (
+    CONFIG_FILE,
+    CONFIG_V6_FILE,
+    SECRET_FILE,
+    FetchError,
+    download,
+)
 
 log = logging.getLogger("mtproxy.middle.config")
 
@@ -49,10 +51,6 @@ SECRET_CACHE: Final = SECRET_FILE
 #: was cut short. Other sources (tests, private mirrors) may list fewer.
 PRODUCTION_DCS: Final = (1, 2, 3, 4, 5)
 _SECRET_FETCH_LIMIT: Final = 4096
-
-
-class FetchError(Exception):
-    """A document could not be read (network, HTTP status, truncated body, missing file)."""
 
 
 class MiddleConfigError(Exception):
@@ -70,29 +68,6 @@ class MiddleConfig:
 
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
-
-
-def http_get(url: str, timeout: float, limit: int) -> bytes:
-    """GET ``url``; the whole body or FetchError (non-2xx, too large, cut short)."""
-    request = urllib.request.Request(url, headers={"User-Agent": f"mtproxy/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
-            if not 200 <= status < 300:
-                raise FetchError(f"HTTP status {status}")
-            body: bytes = response.read(limit + 1)
-            declared = response.headers.get("Content-Length")
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"HTTP status {exc.code}") from None
-    except urllib.error.URLError as exc:
-        raise FetchError(str(exc.reason)) from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise FetchError(f"{type(exc).__name__}: {exc}") from None
-    if len(body) > limit:
-        raise FetchError(f"more than {limit} bytes")
-    if declared is not None and declared.isdigit() and int(declared) != len(body):
-        raise FetchError(f"body cut short: {len(body)} of {declared} bytes")
-    return body
 
 
 class _Document:
@@ -207,7 +182,9 @@ class ConfigSource:
 
     async def _read(self, doc: _Document) -> bytes:
         if is_url(doc.location):
-            return await asyncio.to_thread(http_get, doc.location, self.timeout, doc.limit)
+            return await asyncio.to_thread(
+                download, doc.location, timeout=self.timeout, limit=doc.limit
+            )
         path = Path(doc.location)
         try:
             with open(path, "rb") as fh:
