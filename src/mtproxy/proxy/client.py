@@ -20,7 +20,6 @@ from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.handshake import Accepted, Rejected, Reply, ServerHandshake
 from mtproxy.protocol.proxy_protocol import ProxyProtocolError, parse_proxy_header
-from mtproxy.protocol.secret import Mode
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.stats import UserStats
 
@@ -63,7 +62,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         "eof",
         "handshake",
         "idle_ticks",
-        "mode",
         "on_data",
         "peername",
         "proxy_header",
@@ -104,7 +102,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.encryptor: CipherContext | None = None
         self.records: faketls.RecordReader | None = None
         self.early = b""
-        self.mode: Mode | None = None
         self.user: UserStats | None = None
         self.active = True
         self.idle_ticks = 0
@@ -259,7 +256,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.handshake = None
         server = self.server
         self.accepted = accepted
-        self.mode = accepted.mode
         client = accepted.client
         self.decryptor = client.decryptor
         if not server.passthrough:
@@ -284,8 +280,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._cancel_timer()
         handshake = self.handshake
         self.handshake = None
-        mode = "-"
-        self.stats.handshakes[(mode, event.reason)] += 1
+        self.stats.handshakes[("-", event.reason)] += 1
         log.debug("client %s rejected: %s", self.peername, event.reason)
         mask = self.server.settings.mask
         if not event.maskable:
