@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import zxingcpp
 
+from mtproxy.app import format_links
 from mtproxy.cli.links import qr_matrix, render_half_blocks
-from mtproxy.cli.run import format_links
 from mtproxy.config.settings import load_settings
 
 KEY = "0123456789abcdef0123456789abcdef"

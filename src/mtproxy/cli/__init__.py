@@ -12,16 +12,9 @@ from collections.abc import Callable
 
 from mtproxy import __version__
 from mtproxy.config.errors import ConfigError
+from mtproxy.errors import FatalError
 
 Command = Callable[[argparse.Namespace], int]
-
-
-class CliError(Exception):
-    """An expected failure: printed as ``mtproxy: error: <message>``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mtproxy: error: {exc}", file=sys.stderr)
         return 2
-    except CliError as exc:
+    except FatalError as exc:
         print(f"mtproxy: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:

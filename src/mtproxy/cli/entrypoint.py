@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mtproxy.cli import CliError
 from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import (
@@ -42,6 +41,7 @@ from mtproxy.config.settings import (
     load_settings,
     read_toml,
 )
+from mtproxy.errors import FatalError
 from mtproxy.protocol.dc import format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, generate_secret, links_for
 from mtproxy.proxy.server import ProxyServer
@@ -830,7 +830,7 @@ def _has_flag(args: Iterable[str], flag: str) -> bool:
 
 
 def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
-    from mtproxy.cli.run import run_until_signal, serve, setup_logging
+    from mtproxy.app import run_until_signal, serve, setup_logging
 
     environ = os.environ if env is None else env
     args = list(argv)
@@ -862,7 +862,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     except ConfigError as exc:
         _say(f"[F] Bad setting: {exc}")
         return EXIT_CONFIG
-    except CliError as exc:
+    except FatalError as exc:
         _say(f"[F] {exc}")
         return exc.code
     except KeyboardInterrupt:

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from mtproxy.cli import CliError
 from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
+from mtproxy.errors import FatalError
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
 from mtproxy.qr import encode
 from mtproxy.state import StateError, read_secrets
@@ -86,9 +86,9 @@ def secrets_for_links(settings: Settings) -> Settings:
     try:
         stored = read_secrets(settings.data_dir)
     except StateError as exc:
-        raise CliError(str(exc)) from None
+        raise FatalError(str(exc)) from None
     if stored is None:
-        raise CliError(
+        raise FatalError(
             f"no secrets: {settings.data_dir / 'secret'} does not exist; start the proxy "
             "once, or pass --secret / --config / --data-dir"
         )
@@ -121,7 +121,7 @@ def format_links_with_qr(
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtproxy.cli.run import link_host, setup_logging
+    from mtproxy.app import link_host, setup_logging
 
     settings = load_settings(vars(args), args.config)
     setup_logging(settings.log_level)

@@ -14,8 +14,9 @@ import contextlib
 import logging
 import struct
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from mtproxy.config.settings import Settings
 from mtproxy.middle.addresses import AddressMap, parse_ip
 from mtproxy.middle.config_source import ConfigSource, MiddleConfigError
 from mtproxy.middle.link import MeLink
@@ -47,11 +48,8 @@ from mtproxy.protocol.rpc.constants import (
     RPC_PROXY_REQ,
     TL_PROXY_TAG,
 )
-
-if TYPE_CHECKING:
-    from mtproxy.proxy.client import ClientConnection
-    from mtproxy.proxy.server import ProxyServer
-    from mtproxy.proxy.stats import ProxyStats
+from mtproxy.proxy.stats import ProxyStats
+from mtproxy.proxy.upstream import SessionPort, UpstreamHost
 
 log = logging.getLogger("mtproxy.middle")
 
@@ -135,7 +133,7 @@ class MiddleUpstream:
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: SessionPort,
         link: MeLink,
         *,
         framing: Framing,
@@ -265,16 +263,14 @@ class MiddleUpstream:
         self.client.resume_reading()
 
     def _over_limit(self) -> bool:
-        transport = self.client.transport
-        if transport is None or transport.get_write_buffer_size() <= self.queue_limit:
+        client = self.client
+        queued = client.write_buffer_size()
+        if queued <= self.queue_limit:
             return False
-        if not transport.is_closing():
+        if not client.is_closing():
             self.stats.me_slow_clients_dropped += 1
-            log.info(
-                "client %s dropped: %d bytes of answers unread", self.client.peername,
-                transport.get_write_buffer_size(),
-            )
-            self.client.close(abort=True)
+            log.info("client %s dropped: %d bytes of answers unread", client.peername, queued)
+            client.close(abort=True)
         return True
 
 
@@ -286,7 +282,7 @@ class MiddleUpstreams:
 
     def __init__(
         self,
-        server: ProxyServer,
+        server: UpstreamHost,
         *,
         options: MiddleOptions | None = None,
         source: ConfigSource | None = None,
@@ -362,10 +358,15 @@ class MiddleUpstreams:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def open(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
-        return self.server.loop.create_task(self._attach(client, accepted))
+    def reconfigure(self, settings: Settings) -> None:
+        """A reload changes nothing here: the proxy list has its own refresh."""
 
-    async def _attach(self, client: ClientConnection, accepted: Accepted) -> None:
+    def open(
+        self, session: SessionPort, accepted: Accepted, passthrough: bool
+    ) -> asyncio.Task[None]:
+        return self.server.loop.create_task(self._attach(session, accepted))
+
+    async def _attach(self, client: SessionPort, accepted: Accepted) -> None:
         hello = accepted.client
         stats = self.server.stats
         try:

@@ -23,13 +23,13 @@ from typing import Protocol
 from mtproxy.config.settings import Settings
 from mtproxy.ops.limits import Ledger, UserRegistry, UserState, load_usage, refusal, save_usage
 from mtproxy.ops.socks import Socks5
-from mtproxy.protocol.dc import DcTable, Endpoint
+from mtproxy.protocol.dc import Endpoint
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.protocol.replay import ReplayGuard
 from mtproxy.proxy.client import ClientConnection
-from mtproxy.proxy.direct import DirectUpstreams
 from mtproxy.proxy.server import ProxyServer
 from mtproxy.proxy.stats import UserStats
+from mtproxy.proxy.upstream import UpstreamsFactory
 
 log = logging.getLogger("mtproxy.ops")
 
@@ -104,8 +104,11 @@ class OpsServer(ProxyServer):
         listen_sockets: Sequence[socket.socket] = (),
         ledger: LedgerClient | None = None,
         worker_index: int | None = None,
+        upstreams: UpstreamsFactory | None = None,
     ) -> None:
-        super().__init__(settings, replay=replay, listen_sockets=listen_sockets)
+        super().__init__(
+            settings, replay=replay, listen_sockets=listen_sockets, upstreams=upstreams
+        )
         self.worker_index = worker_index
         self.registry = UserRegistry()
         self.ledger: LedgerClient = ledger or LocalLedger(settings.data_dir)
@@ -147,8 +150,7 @@ class OpsServer(ProxyServer):
         keep = {name: getattr(self.settings, name) for name in RESTART_ONLY}
         settings = dataclasses.replace(settings, **keep)
         self.settings = settings
-        if isinstance(self.upstreams, DirectUpstreams):
-            self.upstreams.dcs = DcTable(settings.dc, settings.prefer_ipv6)
+        self.upstreams.reconfigure(settings)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         added, removed = self._install(settings)
         self.reloads += 1
@@ -240,9 +242,8 @@ class OpsServer(ProxyServer):
             return
         if reason is not None:
             self._count_refusal(state, reason)
-            self.stats.handshakes[(accepted.mode.value, "refused")] += 1
             log.info("client %s: user %s refused (%s)", client.peername, state.name, reason)
-            client.close()
+            client.refuse()
             return
         self._held[client] = state
         await super().open_upstream(client, accepted)

@@ -32,11 +32,9 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtproxy.cli import CliError
 from mtproxy.config.settings import Settings
 from mtproxy.ops.control import LENGTH, MAX_MESSAGE, Channel, Message
 from mtproxy.ops.limits import Ledger, load_usage, save_usage
@@ -198,20 +196,6 @@ class WorkerLink:
         self.server = server
         assert self.channel is not None
         self.channel.send({"op": "ready", "pid": os.getpid()})
-
-
-def run_worker(index: int) -> int:
-    """``mtproxy run --worker-index I``: settings, sockets and peers come from the supervisor."""
-    from mtproxy.cli.run import run_until_signal, serve, setup_logging
-
-    try:
-        spec = WorkerSpec.decode(index, os.environ.get(ENV, ""))
-        link = WorkerLink(spec)
-        settings = link.read_settings()
-    except (ValueError, OSError) as exc:
-        raise CliError(f"--worker-index is for the supervisor's use only ({exc})") from None
-    setup_logging(settings.log_level, index)
-    return run_until_signal(serve(settings, worker=link), settings.event_loop)
 
 
 # -- the supervisor --------------------------------------------------------------------------
@@ -552,40 +536,6 @@ class Supervisor:
         for sock in self.first_sockets or ():
             sock.close()
         os.close(self.replay_fd)
-
-
-async def supervise(
-    settings: Settings,
-    stopper: StopSignal,
-    *,
-    reloader: Reloader | None = None,
-    ready: Callable[[Any], None] | None = None,
-    links: bool = True,
-) -> int:
-    """The supervisor's whole life (``serve`` with ``workers > 1``)."""
-    from mtproxy.cli.run import bind_listeners, format_links, link_host
-    from mtproxy.proxy.sockets import ListenError
-
-    try:
-        socks = bind_listeners(settings, reuse_port=True)
-    except ListenError as exc:
-        raise CliError(str(exc)) from None
-    supervisor = Supervisor(settings, reloader, socks)
-    try:
-        await supervisor.start(stopper)
-    except RuntimeError as exc:
-        await supervisor.shutdown()
-        raise CliError(str(exc)) from None
-    log.info(
-        "%d workers listening on %s",
-        len(supervisor.workers), ", ".join(format_endpoint(e) for e in supervisor.endpoints),
-    )
-    if links:
-        host = await link_host(settings)
-        print(format_links(settings, host, supervisor.endpoints[0][1]), flush=True)
-    if ready is not None:
-        ready(supervisor)
-    return await supervisor.run(stopper)
 
 
 async def _first(*events: asyncio.Event) -> None:

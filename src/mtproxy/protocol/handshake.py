@@ -85,6 +85,20 @@ class ServerHandshake:
         self.raw += data
         return self._finish(self._feed_opening(now))
 
+    @property
+    def replied(self) -> bool:
+        """True once the fake ServerHello is out: the client saw a proxy, not the site."""
+        return self._records is not None
+
+    def abort(self, reason: str) -> Rejected:
+        """The client went silent or closed before finishing: a rejection for ``reason``.
+
+        After the ServerHello went out, handing the connection to the mask host would
+        show the prober two different servers in one connection, so it is then closed.
+        """
+        self._done = True
+        return Rejected(reason, maskable=not self.replied)
+
     def _finish(self, event: Event | None) -> Event | None:
         if isinstance(event, Accepted | Rejected):
             self._done = True

@@ -1,9 +1,10 @@
-"""One client connection: its handshake, then its half of the relay.
+"""One client connection: the asyncio driver of a :class:`~mtproxy.proxy.session.Session`.
 
-The handshake is the sans-I/O :class:`ServerHandshake`; this class only moves bytes
-and timers. After the handshake the client's bytes go TLS-unwrap -> decrypt (in the
-shared buffer, in place) -> upstream, and the upstream's bytes come back through
-:meth:`send_plain` (encrypt, wrap) or :meth:`send_obfs` (already encrypted).
+The session (sans-I/O) decides the connection's lifecycle; this class moves bytes and
+timers and carries out the session's actions. Once relaying, the client's bytes go
+TLS-unwrap -> decrypt (in the shared buffer, in place) -> upstream, and the upstream's
+bytes come back through :meth:`send_plain` (encrypt, wrap) or :meth:`send_obfs`
+(already encrypted): that hot path takes no decisions and stays here.
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
+from mtproxy.config.settings import Settings
 from mtproxy.protocol import faketls
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
 from mtproxy.protocol.errors import TlsError
-from mtproxy.protocol.handshake import Accepted, Rejected, Reply, ServerHandshake
-from mtproxy.protocol.proxy_protocol import ProxyProtocolError, parse_proxy_header
+from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.proxy.buffers import SharedBuffers
-from mtproxy.proxy.stats import UserStats
-
-if TYPE_CHECKING:
-    from mtproxy.proxy.server import ProxyServer
+from mtproxy.proxy.session import (
+    Action,
+    Close,
+    EofToClient,
+    EofToUpstream,
+    Phase,
+    SendToClient,
+    Session,
+    SetAddresses,
+    StartMask,
+    StartSession,
+)
+from mtproxy.proxy.stats import ProxyStats, UserStats
+from mtproxy.proxy.upstream import Upstream
 
 log = logging.getLogger("mtproxy.client")
 
@@ -36,16 +47,27 @@ _MAX_RECORD = faketls.MAX_RECORD_OUT
 EARLY_LIMIT = 256 * 1024
 
 
-class Upstream(Protocol):
-    """What a session relays to after the handshake: a DC, a middle-end link, the mask."""
+class ClientHost(Protocol):
+    """What a client connection uses of the server that accepted it."""
 
-    eof: bool
+    settings: Settings
+    stats: ProxyStats
+    buffers: SharedBuffers
+    loop: asyncio.AbstractEventLoop
+    policy: HandshakePolicy
+    passthrough: bool
+    sessions: set[ClientConnection]
+    mask_sources: set[tuple[str, int]]
 
-    def send(self, data: memoryview) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def write_eof(self) -> None: ...
-    def close(self, abort: bool = False) -> None: ...
+    def user_for(
+        self, secret_index: int, policy: HandshakePolicy | None = None
+    ) -> UserStats: ...
+    def admit(self, client: ClientConnection, user: UserStats) -> bool: ...
+    def open_upstream(
+        self, client: ClientConnection, accepted: Accepted
+    ) -> asyncio.Task[None]: ...
+    def open_mask(self, client: ClientConnection, raw: bytes) -> asyncio.Task[None]: ...
+    def session_closed(self, client: ClientConnection) -> None: ...
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -59,16 +81,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         "decryptor",
         "early",
         "encryptor",
-        "eof",
-        "handshake",
         "idle_ticks",
         "on_data",
         "peername",
-        "proxy_header",
         "reading_paused",
         "records",
-        "relaying",
         "server",
+        "session",
         "stats",
         "timer",
         "transport",
@@ -77,7 +96,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "write_paused",
     )
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ClientHost) -> None:
         self.server = server
         self.stats = server.stats
         self.buffers: SharedBuffers = server.buffers
@@ -86,14 +105,17 @@ class ClientConnection(asyncio.BufferedProtocol):
         #: header from a load balancer replaces both with the real ones).
         self.peername: tuple[str, int] = ("?", 0)
         self._sockname: tuple[str, int] | None = None
-        self.handshake: ServerHandshake | None = ServerHandshake(server.policy)
-        self.on_data: Callable[[memoryview], None] = self._handshake_data
-        #: Bytes of a PROXY protocol header received so far; None when none is expected
-        #: (or once it has been read).
-        self.proxy_header: bytearray | None = None
-        if server.settings.proxy_protocol:
-            self.proxy_header = bytearray()
-            self.on_data = self._proxy_header_data
+        settings = server.settings
+        self.session = Session(
+            server.policy,
+            server.stats,
+            now=server.loop.time(),
+            handshake_timeout=settings.handshake_timeout,
+            mask=settings.mask is not None,
+            proxy_protocol=settings.proxy_protocol,
+        )
+        #: The handler of received bytes for the session's phase (see _HANDLERS).
+        self.on_data: Callable[[memoryview], None] = self._opening_data
         self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.upstream: Upstream | None = None
@@ -105,12 +127,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.user: UserStats | None = None
         self.active = True
         self.idle_ticks = 0
-        self.eof = False
         self.closed = False
         self.reading_paused = False
         self.write_paused = False
-        #: Counted in stats.sessions_active (handshake done, upstream connected).
-        self.relaying = False
+
+    @property
+    def handshake_pending(self) -> bool:
+        """Still before a verdict on the client's opening (the idle sweep skips these)."""
+        return self.session.phase in (Phase.PROXY_HEADER, Phase.HANDSHAKE)
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -123,9 +147,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.stats.connections_active += 1
         self.stats.connections_total += 1
         self.server.sessions.add(self)
-        self.timer = self.server.loop.call_later(
-            self.server.settings.handshake_timeout, self._handshake_timeout
-        )
+        self._arm_timer()
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -135,10 +157,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._sockname = (local[0], local[1]) if local else ("?", 0)
         return self._sockname
 
-    @sockname.setter
-    def sockname(self, value: tuple[str, int]) -> None:
-        self._sockname = value
-
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffers.recv_view
 
@@ -147,24 +165,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.on_data(self.buffers.inview[:nbytes])
 
     def eof_received(self) -> bool:
-        self.eof = True
-        if self.proxy_header is not None:
-            self.close()
-        elif self.handshake is not None:
-            self._reject(Rejected("eof"))
-        elif self.upstream is not None:
-            self.upstream.write_eof()
-            if self.upstream.eof:
-                self.close()
-        elif self.connect_task is None:
-            self.close()
+        self._run(self.session.eof_received())
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.session.closed("client_reset" if exc is not None else "client_closed")
         self.stats.connections_active -= 1
-        if self.relaying:
-            self.stats.sessions_active -= 1
         if self.user is not None:
             self.user.connections_active -= 1
         self.server.sessions.discard(self)
@@ -197,63 +204,78 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
-    # -- PROXY protocol header (behind a load balancer) -----------------------------------
+    def write_buffer_size(self) -> int:
+        transport = self.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
-    def _proxy_header_data(self, view: memoryview) -> None:
-        buf = self.proxy_header
-        assert buf is not None
-        buf += view
-        try:
-            header = parse_proxy_header(bytes(buf))
-        except ProxyProtocolError as exc:
-            self.stats.proxy_protocol_errors += 1
-            log.debug("client %s: bad PROXY header: %s", self.peername, exc)
-            self.proxy_header = None
-            self.close(abort=True)
-            return
-        if header is None:
-            return
-        self.proxy_header = None
-        if header.source is not None and header.family in ("INET", "INET6"):
-            self.peername = header.source
-            if header.destination is not None:
-                self.sockname = header.destination
-        self.on_data = self._handshake_data
-        rest = buf[header.header_length :]
-        if rest:
-            self._handshake_data(memoryview(rest))
+    def is_closing(self) -> bool:
+        transport = self.transport
+        return transport is None or transport.is_closing()
 
-    # -- handshake -----------------------------------------------------------------------
+    # -- the session's events and actions ---------------------------------------------------
 
-    def _handshake_data(self, view: memoryview) -> None:
-        assert self.handshake is not None and self.transport is not None
-        event = self.handshake.feed(view, time.time())
-        if event is None:
-            return
-        if isinstance(event, Reply):
-            self.transport.write(event.data)
-        elif isinstance(event, Rejected):
-            self._reject(event)
-        else:
-            self._accept(event)
+    def _opening_data(self, view: memoryview) -> None:
+        self._run(self.session.receive(view, time.time()))
 
-    def _handshake_timeout(self) -> None:
+    def _timer_fired(self) -> None:
         self.timer = None
-        if self.proxy_header is not None:
-            self.stats.proxy_protocol_errors += 1
-            self.close(abort=True)
-        elif self.handshake is not None and not self.closed:
-            self._reject(Rejected("timeout"))
+        self._run(self.session.timer(self.server.loop.time()))
+
+    def _arm_timer(self) -> None:
+        deadline = self.session.deadline
+        timer = self.timer
+        if timer is not None:
+            if deadline is not None and timer.when() == deadline:
+                return
+            timer.cancel()
+            self.timer = None
+        if deadline is not None and not self.closed:
+            self.timer = self.server.loop.call_at(deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _accept(self, accepted: Accepted) -> None:
-        self._cancel_timer()
-        policy = self.handshake.policy if self.handshake is not None else None
-        self.handshake = None
+    def _run(self, actions: list[Action]) -> None:
+        """Carry out what the session decided, then follow its phase and deadline."""
+        for action in actions:
+            if isinstance(action, SendToClient):
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.write(action.data)
+            elif isinstance(action, StartSession):
+                self._start_session(action.accepted)
+            elif isinstance(action, StartMask):
+                self._start_mask(action.first)
+            elif isinstance(action, EofToUpstream):
+                if self.upstream is not None:
+                    self.upstream.write_eof()
+            elif isinstance(action, EofToClient):
+                transport = self.transport
+                if (transport is not None and not transport.is_closing()
+                        and transport.can_write_eof()):  # fmt: skip
+                    transport.write_eof()
+            elif isinstance(action, SetAddresses):
+                self.peername = action.peer
+                if action.local is not None:
+                    self._sockname = action.local
+            elif isinstance(action, Close):
+                self.close(action.abort)
+        self.on_data = self._handler()
+        self._arm_timer()
+
+    def _handler(self) -> Callable[[memoryview], None]:
+        """The handler of received bytes in the session's phase."""
+        phase = self.session.phase
+        if phase is Phase.PROXY_HEADER or phase is Phase.HANDSHAKE:
+            return self._opening_data
+        if phase is Phase.CONNECTING or phase is Phase.RELAYING:
+            return self._relay_data
+        if phase is Phase.MASKING:
+            return self._mask_data
+        return _discard
+
+    def _start_session(self, accepted: Accepted) -> None:
         server = self.server
         self.accepted = accepted
         client = accepted.client
@@ -262,51 +284,35 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.encryptor = client.encrypt_key.cipher()
         self.records = accepted.records
         self.early = client.decryptor.update(accepted.leftover) if accepted.leftover else b""
-        self.stats.handshakes[(accepted.mode.value, "ok")] += 1
-        user = server.user_for(client.secret_index, policy)
+        user = server.user_for(client.secret_index, self.session.policy)
         if not server.admit(self, user):
-            self.stats.handshakes[(accepted.mode.value, "refused")] += 1
-            self.close()
+            self._run(self.session.refused())
             return
         self.user = user
         user.connections_active += 1
         user.connections_total += 1
         self.stats.bytes_from_clients += len(self.early)
         user.bytes_from_client += len(self.early)
-        self.on_data = self._relay_data
         self.connect_task = server.open_upstream(self, accepted)
 
-    def _reject(self, event: Rejected) -> None:
-        self._cancel_timer()
-        handshake = self.handshake
-        self.handshake = None
-        self.stats.handshakes[("-", event.reason)] += 1
-        log.debug("client %s rejected: %s", self.peername, event.reason)
-        mask = self.server.settings.mask
-        if not event.maskable:
-            self.close()
-            return
-        raw = bytes(handshake.raw) if handshake is not None else b""
-        if self.peername in self.server.mask_sources:
+    def _start_mask(self, raw: bytes) -> None:
+        server = self.server
+        if self.peername in server.mask_sources:
             log.warning(
                 "the mask host %s leads back to this proxy; set --mask to another host",
-                mask,
+                server.settings.mask,
             )
             self.close(abort=True)
             return
-        if mask is None:
-            # Like the official server's skip mode: read and discard until the client
-            # gives up; a closed socket would tell a prober more.
-            self.on_data = _discard
-            if self.eof:
-                self.close()
-            return
         self.stats.masked += 1
-        self.on_data = self._mask_data
         self.pause_reading()
-        self.connect_task = self.server.open_mask(self, raw)
+        self.connect_task = server.open_mask(self, raw)
 
-    # -- relay ---------------------------------------------------------------------------
+    def refuse(self) -> None:
+        """The user's limits refused this client after all (asynchronous admission)."""
+        self._run(self.session.refused())
+
+    # -- upstream events (the SessionPort interface) --------------------------------------
 
     def peer_ready(self, peer: Upstream) -> None:
         """The upstream (or mask) socket is connected; start relaying."""
@@ -315,38 +321,29 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.upstream = peer
         self.connect_task = None
-        if self.accepted is not None and not self.relaying:
-            self.relaying = True
-            self.stats.sessions_active += 1
+        actions = self.session.upstream_ready()
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
             peer.send(early)
-        if self.eof:
-            peer.write_eof()
+        self._run(actions)
         if self.write_paused:
             peer.pause_reading()
         self.resume_reading()
 
     def upstream_failed(self, reason: str) -> None:
-        self.stats.upstream_failures += 1
         log.info("client %s: upstream failed: %s", self.peername, reason)
-        self.close()
+        self._run(self.session.upstream_failed())
 
     def peer_eof(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing() and transport.can_write_eof():
-            transport.write_eof()
-        if self.eof:
-            self.close()
+        self._run(self.session.upstream_eof_received())
 
     def peer_lost(self, exc: Exception | None) -> None:
         self.upstream = None
-        if self.transport is not None and not self.closed:
-            if exc is None:
-                self.transport.close()
-            else:
-                self.transport.abort()
+        if not self.closed:
+            self._run(self.session.upstream_lost(exc is not None))
+
+    # -- relay ---------------------------------------------------------------------------
 
     def _relay_data(self, view: memoryview) -> None:
         records = self.records
@@ -383,7 +380,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         user.quota_closed += 1
         self.stats.quota_closed += 1
         log.info("client %s: user %s is over quota; closing", self.peername, user.name)
-        self.close()
+        self._run(self.session.over_quota())
 
     def _mask_data(self, view: memoryview) -> None:
         if self.upstream is not None:

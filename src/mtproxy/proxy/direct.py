@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
+from mtproxy.config.settings import Settings
 from mtproxy.protocol.dc import DcTable, format_endpoint
 from mtproxy.protocol.handshake import Accepted
 from mtproxy.protocol.obfuscated2 import build_dc_header
 from mtproxy.proxy.peer import PeerConnection
-
-if TYPE_CHECKING:
-    from mtproxy.proxy.client import ClientConnection
-    from mtproxy.proxy.server import ProxyServer
+from mtproxy.proxy.upstream import SessionPort, UpstreamHost
 
 log = logging.getLogger("mtproxy.direct")
 
@@ -24,10 +21,9 @@ class DirectUpstreams:
     #: Direct mode can forward DC bytes without re-encryption when asked to.
     supports_passthrough = True
 
-    def __init__(self, server: ProxyServer) -> None:
-        self.server = server
-        settings = server.settings
-        self.dcs = DcTable(settings.dc, settings.prefer_ipv6)
+    def __init__(self, host: UpstreamHost) -> None:
+        self.host = host
+        self.dcs = DcTable(host.settings.dc, host.settings.prefer_ipv6)
 
     async def start(self) -> None:
         """Nothing to prepare: DC connections are opened per client."""
@@ -35,27 +31,32 @@ class DirectUpstreams:
     async def stop(self) -> None:
         """Nothing shared to close."""
 
-    def open(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
-        return self.server.loop.create_task(self._connect(client, accepted))
+    def reconfigure(self, settings: Settings) -> None:
+        self.dcs = DcTable(settings.dc, settings.prefer_ipv6)
 
-    async def _connect(self, client: ClientConnection, accepted: Accepted) -> None:
-        server = self.server
-        settings = server.settings
+    def open(
+        self, session: SessionPort, accepted: Accepted, passthrough: bool
+    ) -> asyncio.Task[None]:
+        return self.host.loop.create_task(self._connect(session, accepted, passthrough))
+
+    async def _connect(self, client: SessionPort, accepted: Accepted, passthrough: bool) -> None:
+        host = self.host
+        settings = host.settings
         hello = accepted.client
-        passthrough = hello.encrypt_key if server.passthrough else None
-        dc_side = build_dc_header(hello.framing, hello.dc_id, passthrough=passthrough)
+        pass_key = hello.encrypt_key if passthrough else None
+        dc_side = build_dc_header(hello.framing, hello.dc_id, passthrough=pass_key)
         first = dc_side.header
         if client.early:
             first += dc_side.encryptor.update(client.early)
             client.early = b""
-        deliver = client.send_obfs if passthrough is not None else client.send_plain
-        decryptor = None if passthrough is not None else dc_side.decryptor
+        deliver = client.send_obfs if pass_key is not None else client.send_plain
+        decryptor = None if pass_key is not None else dc_side.decryptor
         errors: list[str] = []
         for endpoint in self.dcs.resolve(hello.dc_id):
-            server.stats.upstream_connects += 1
+            host.stats.upstream_connects += 1
             try:
                 async with asyncio.timeout(settings.connect_timeout):
-                    await server.connect_upstream(
+                    await host.connect_upstream(
                         lambda: PeerConnection(
                             client,
                             deliver,

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.sockets import set_keepalive
-
-if TYPE_CHECKING:
-    from mtproxy.proxy.client import ClientConnection
+from mtproxy.proxy.upstream import SessionPort
 
 Deliver = Callable[[memoryview], None]
 
@@ -37,7 +35,7 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: SessionPort,
         deliver: Deliver,
         *,
         first: bytes = b"",
@@ -143,7 +141,7 @@ class MaskConnection(PeerConnection):
     __slots__ = ("_registry", "_source")
 
     def __init__(
-        self, client: ClientConnection, first: bytes, registry: set[tuple[str, int]]
+        self, client: SessionPort, first: bytes, registry: set[tuple[str, int]]
     ) -> None:
         super().__init__(client, client.send_raw, first=first)
         self._registry = registry

@@ -7,10 +7,8 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 from mtproxy.config.settings import Settings
-from mtproxy.middle.upstream import MiddleUpstreams
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.protocol.replay import ReplayCache, ReplayGuard
@@ -20,16 +18,9 @@ from mtproxy.proxy.direct import DirectUpstreams
 from mtproxy.proxy.peer import MaskConnection
 from mtproxy.proxy.sockets import listen_error, listening_socket
 from mtproxy.proxy.stats import ProxyStats, UserStats
+from mtproxy.proxy.upstream import Upstreams, UpstreamsFactory
 
 log = logging.getLogger("mtproxy.server")
-
-
-class Upstreams(Protocol):
-    supports_passthrough: bool
-
-    def open(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
 
 
 class ProxyServer:
@@ -39,8 +30,10 @@ class ProxyServer:
         *,
         replay: ReplayGuard | None = None,
         listen_sockets: Sequence[socket.socket] = (),
-        upstreams: Callable[[ProxyServer], Upstreams] | None = None,
+        upstreams: UpstreamsFactory | None = None,
     ) -> None:
+        """``upstreams`` builds the strategy that opens each session's upstream (direct
+        mode when omitted; ``mtproxy.app`` passes middle-proxy mode's when configured)."""
         if not settings.secret_keys:
             raise ValueError("ProxyServer needs at least one secret")
         self.settings = settings
@@ -65,13 +58,11 @@ class ProxyServer:
             tls_max_past=settings.replay_window,
             tls_max_future=settings.tls_max_future,
         )
-        self.upstreams: Upstreams
-        if upstreams is not None:
-            self.upstreams = upstreams(self)
-        elif settings.middle_mode:
-            self.upstreams = MiddleUpstreams(self)
-        else:
-            self.upstreams = DirectUpstreams(self)
+        if upstreams is None:
+            if settings.middle_mode:
+                raise ValueError("middle-proxy mode needs its upstreams (see mtproxy.app)")
+            upstreams = DirectUpstreams
+        self.upstreams: Upstreams = upstreams(self)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         self.sessions: set[ClientConnection] = set()
         #: Local addresses of our connections to the mask host (see MaskConnection).
@@ -91,7 +82,7 @@ class ProxyServer:
         return True
 
     def open_upstream(self, client: ClientConnection, accepted: Accepted) -> asyncio.Task[None]:
-        return self.upstreams.open(client, accepted)
+        return self.upstreams.open(client, accepted, self.passthrough)
 
     async def connect_upstream(
         self, factory: Callable[[], asyncio.BaseProtocol], endpoint: Endpoint
@@ -162,7 +153,7 @@ class ProxyServer:
         while True:
             await asyncio.sleep(period)
             for client in list(self.sessions):
-                if client.handshake is not None:
+                if client.handshake_pending:
                     continue
                 if client.active:
                     client.active = False

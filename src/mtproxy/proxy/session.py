@@ -1,0 +1,302 @@
+"""A client session's life as a state machine over events, with no I/O.
+
+The asyncio driver (:class:`~mtproxy.proxy.client.ClientConnection`) feeds it what
+happens — bytes before the handshake is decided, end of input, timer expiry, the
+upstream connecting, failing, ending — and carries out the actions it returns. The
+session decides everything about the *lifecycle*: which phase it is in, when its
+deadline falls, whether a rejected client goes to the mask host, is read and ignored,
+or is closed, and why a session ended. Moving bytes once relaying (decrypt, forward,
+encrypt) stays in the driver: that is the hot path and takes no decisions.
+
+Phases::
+
+    PROXY_HEADER --> HANDSHAKE --accepted--> CONNECTING --upstream ready--> RELAYING
+                        |
+                        +--rejected--> MASKING (to the mask host) | DISCARDING | CLOSED
+
+Every phase can end in CLOSED; nothing leaves CLOSED. Like aioquic's connection, the
+session owns its timer: the driver arms one timer at :attr:`Session.deadline` and
+calls :meth:`Session.timer` when it fires.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from mtproxy.protocol.handshake import (
+    Accepted,
+    HandshakePolicy,
+    Rejected,
+    Reply,
+    ServerHandshake,
+)
+from mtproxy.protocol.proxy_protocol import ProxyProtocolError, parse_proxy_header
+from mtproxy.proxy.stats import ProxyStats
+
+
+class Phase(enum.Enum):
+    #: Waiting for the load balancer's PROXY protocol header.
+    PROXY_HEADER = "proxy_header"
+    #: Reading the client's opening (obfuscated2 header or fake-TLS hello).
+    HANDSHAKE = "handshake"
+    #: Accepted; the upstream is being opened and the client's bytes are held.
+    CONNECTING = "connecting"
+    #: Both sides connected; bytes flow.
+    RELAYING = "relaying"
+    #: Rejected; relayed byte for byte to the mask host (connecting, then connected).
+    MASKING = "masking"
+    #: Rejected with no mask host: read and ignored until the client leaves.
+    DISCARDING = "discarding"
+    CLOSED = "closed"
+
+
+# -- actions the driver carries out ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetAddresses:
+    """A PROXY header named the real client (and the address it reached)."""
+
+    peer: tuple[str, int]
+    local: tuple[str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    """Admit the client (user limits) and open its upstream."""
+
+    accepted: Accepted
+
+
+@dataclass(frozen=True, slots=True)
+class StartMask:
+    """Open the mask host and send it ``first`` (everything the client sent)."""
+
+    first: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EofToUpstream:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class EofToClient:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the connection (reset it with ``abort``); ``reason`` is the session's: the
+    first thing that decided its end (a rejected client keeps its rejection's)."""
+
+    reason: str
+    abort: bool = False
+
+
+Action = (
+    SendToClient | SetAddresses | StartSession | StartMask | EofToUpstream | EofToClient | Close
+)
+
+_EOF_TO_UPSTREAM = EofToUpstream()
+_EOF_TO_CLIENT = EofToClient()
+
+
+class Session:
+    """One client connection's lifecycle; see the module docstring."""
+
+    __slots__ = (
+        "_header",
+        "accepted",
+        "client_eof",
+        "connected",
+        "deadline",
+        "handshake",
+        "mask",
+        "phase",
+        "policy",
+        "reason",
+        "stats",
+        "upstream_eof",
+    )
+
+    def __init__(
+        self,
+        policy: HandshakePolicy,
+        stats: ProxyStats,
+        *,
+        now: float,
+        handshake_timeout: float,
+        mask: bool,
+        proxy_protocol: bool = False,
+    ) -> None:
+        self.stats = stats
+        #: The secrets and modes this client is judged by (a reload does not change
+        #: them under a handshake in progress: the accepted secret index refers to them).
+        self.policy = policy
+        self.handshake: ServerHandshake | None = ServerHandshake(policy)
+        self.mask = mask
+        self.phase = Phase.PROXY_HEADER if proxy_protocol else Phase.HANDSHAKE
+        self._header: bytearray | None = bytearray() if proxy_protocol else None
+        #: When :meth:`timer` must be called (loop time), or None.
+        self.deadline: float | None = now + handshake_timeout
+        self.accepted: Accepted | None = None
+        self.client_eof = False
+        self.upstream_eof = False
+        #: The upstream (or mask host) is connected.
+        self.connected = False
+        #: Why the session ended (or was rejected), for logs and counters.
+        self.reason: str | None = None
+
+    # -- events ----------------------------------------------------------------------------
+
+    def receive(self, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
+        """Client bytes while the opening is undecided (PROXY_HEADER, HANDSHAKE)."""
+        if self.phase is Phase.PROXY_HEADER:
+            return self._proxy_header(data, now)
+        if self.phase is Phase.HANDSHAKE:
+            return self._opening(data, now)
+        if self.phase is Phase.CLOSED:
+            return []
+        raise RuntimeError(f"receive() in phase {self.phase.value}")
+
+    def eof_received(self) -> list[Action]:
+        """The client will send nothing more."""
+        self.client_eof = True
+        phase = self.phase
+        if phase is Phase.PROXY_HEADER:
+            return self._close("eof")
+        if phase is Phase.HANDSHAKE:
+            assert self.handshake is not None
+            return self._rejected(self.handshake.abort("eof"))
+        if phase is Phase.RELAYING or (phase is Phase.MASKING and self.connected):
+            if self.upstream_eof:
+                return [_EOF_TO_UPSTREAM, *self._close("done")]
+            return [_EOF_TO_UPSTREAM]
+        if phase is Phase.DISCARDING:
+            return self._close("eof")
+        return []  # CONNECTING, or the mask still connecting: passed on once connected
+
+    def timer(self, now: float) -> list[Action]:
+        """The driver's timer fired (it may be late or early; the session checks)."""
+        if self.deadline is None or now < self.deadline:
+            return []
+        self.deadline = None
+        if self.phase is Phase.PROXY_HEADER:
+            self.stats.proxy_protocol_errors += 1
+            return self._close("proxy_header_timeout", abort=True)
+        if self.phase is Phase.HANDSHAKE:
+            assert self.handshake is not None
+            return self._rejected(self.handshake.abort("timeout"))
+        return []
+
+    def upstream_ready(self) -> list[Action]:
+        """The upstream (or mask host) connected."""
+        if self.phase is Phase.CONNECTING:
+            self.phase = Phase.RELAYING
+            self.stats.sessions_active += 1
+        elif self.phase is not Phase.MASKING:
+            return []
+        self.connected = True
+        return [_EOF_TO_UPSTREAM] if self.client_eof else []
+
+    def refused(self) -> list[Action]:
+        """The user's limits refused an accepted client."""
+        if self.accepted is not None:
+            self.stats.handshakes[(self.accepted.mode.value, "refused")] += 1
+        return self._close("refused")
+
+    def upstream_failed(self) -> list[Action]:
+        self.stats.upstream_failures += 1
+        return self._close("upstream_failed")
+
+    def upstream_eof_received(self) -> list[Action]:
+        """The upstream will send nothing more: pass the half-close on."""
+        self.upstream_eof = True
+        if self.phase is Phase.CLOSED:
+            return []
+        if self.client_eof:
+            return [_EOF_TO_CLIENT, *self._close("done")]
+        return [_EOF_TO_CLIENT]
+
+    def upstream_lost(self, failed: bool) -> list[Action]:
+        return self._close("upstream_lost" if failed else "upstream_closed", abort=failed)
+
+    def over_quota(self) -> list[Action]:
+        return self._close("quota")
+
+    def closed(self, reason: str) -> None:
+        """The client's socket is gone; ``reason`` is used if nothing decided one yet."""
+        self._close(reason)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _proxy_header(self, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
+        buf = self._header
+        assert buf is not None
+        buf += data
+        try:
+            header = parse_proxy_header(bytes(buf))
+        except ProxyProtocolError:
+            self.stats.proxy_protocol_errors += 1
+            return self._close("bad_proxy_header", abort=True)
+        if header is None:
+            return []
+        self._header = None
+        self.phase = Phase.HANDSHAKE
+        actions: list[Action] = []
+        if header.source is not None and header.family in ("INET", "INET6"):
+            actions.append(SetAddresses(header.source, header.destination))
+        rest = buf[header.header_length :]
+        if rest:
+            actions += self._opening(rest, now)
+        return actions
+
+    def _opening(self, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
+        assert self.handshake is not None
+        event = self.handshake.feed(data, now)
+        if event is None:
+            return []
+        if isinstance(event, Reply):
+            return [SendToClient(event.data)]
+        if isinstance(event, Rejected):
+            return self._rejected(event)
+        self.handshake = None
+        self.accepted = event
+        self.deadline = None
+        self.phase = Phase.CONNECTING
+        self.stats.handshakes[(event.mode.value, "ok")] += 1
+        return [StartSession(event)]
+
+    def _rejected(self, event: Rejected) -> list[Action]:
+        self.deadline = None
+        self.reason = event.reason
+        self.stats.handshakes[("-", event.reason)] += 1
+        handshake, self.handshake = self.handshake, None
+        if not event.maskable:
+            return self._close(event.reason)
+        if not self.mask:
+            # Like the official server's skip mode: read and discard until the client
+            # gives up; a closed socket would tell a prober more.
+            self.phase = Phase.DISCARDING
+            return self._close(event.reason) if self.client_eof else []
+        self.phase = Phase.MASKING
+        return [StartMask(bytes(handshake.raw) if handshake is not None else b"")]
+
+    def _close(self, reason: str, *, abort: bool = False) -> list[Action]:
+        if self.phase is Phase.CLOSED:
+            return []
+        if self.phase is Phase.RELAYING:
+            self.stats.sessions_active -= 1
+        if self.reason is None:
+            self.reason = reason
+        self.phase = Phase.CLOSED
+        self.deadline = None
+        self.handshake = None
+        return [Close(self.reason, abort)]
