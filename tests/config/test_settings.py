@@ -144,6 +144,7 @@ CASES: dict[str, Case] = {
     ),
     "download_passthrough": switch("--download-passthrough", "download_passthrough"),
     "handshake_timeout": floats("--handshake-timeout", "handshake_timeout", 0.5, 300),
+    "mask_mirror_after": floats("--mask-mirror-after", "mask_mirror_after", 0, 300),
     "idle_timeout": floats("--idle-timeout", "idle_timeout", 5, 86400),
     "connect_timeout": floats("--connect-timeout", "connect_timeout", 0.5, 120),
     "replay_cache_size": ints("--replay-cache-size", "replay_cache_size", 1, 50_000_000),

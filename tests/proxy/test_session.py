@@ -21,6 +21,7 @@ from mtproxy.protocol.secret import Mode
 from mtproxy.proxy.session import (
     Action,
     Close,
+    DropMask,
     EofToClient,
     EofToUpstream,
     Phase,
@@ -29,6 +30,7 @@ from mtproxy.proxy.session import (
     SetAddresses,
     StartMask,
     StartSession,
+    ToMask,
 )
 from mtproxy.proxy.stats import ProxyStats
 
@@ -46,11 +48,15 @@ def policy(modes: frozenset[Mode] = frozenset(Mode)) -> HandshakePolicy:
     )  # fmt: skip
 
 
+MIRROR = 0.5
+
+
 def new_session(*, mask: bool = True, proxy_protocol: bool = False,
-                modes: frozenset[Mode] = frozenset(Mode)) -> tuple[Session, ProxyStats]:
+                modes: frozenset[Mode] = frozenset(Mode),
+                mirror: float | None = None) -> tuple[Session, ProxyStats]:
     stats = ProxyStats()
     session = Session(policy(modes), stats, now=T0, handshake_timeout=TIMEOUT, mask=mask,
-                      proxy_protocol=proxy_protocol)  # fmt: skip
+                      proxy_protocol=proxy_protocol, mirror_after=mirror)  # fmt: skip
     return session, stats
 
 
@@ -212,6 +218,84 @@ def test_after_the_fake_server_hello_the_mask_is_never_used() -> None:
         assert stats.handshakes[("-", reason)] == 1
 
 
+# -- undecided clients are mirrored to the mask host ----------------------------------------
+
+
+def mirrored(first: bytes = b"\x16\x03") -> Session:
+    session, _ = new_session(mirror=MIRROR)
+    assert session.deadline == T0 + MIRROR
+    assert session.receive(first, NOW) == []
+    assert session.timer(T0 + MIRROR) == [StartMask(first)]
+    assert session.mirroring and session.deadline == T0 + TIMEOUT
+    return session
+
+
+def test_an_undecided_client_is_mirrored_and_the_site_s_answer_decides() -> None:
+    session = mirrored()
+    assert session.receive(b"\x01", NOW) == [ToMask(b"\x01")]
+    assert session.upstream_ready() == []  # the mirror connected; still undecided
+    assert session.mirroring
+    assert session.mask_spoke() == []
+    assert session.phase is Phase.MASKING and session.reason == "mask_answered"
+    assert session.stats.masked == 1
+    assert session.stats.handshakes[("-", "mask_answered")] == 1
+    # From now on the mask host is the session's upstream; its FIN is passed on.
+    assert session.upstream_eof_received() == [EofToClient()]
+
+
+def test_the_site_closing_a_mirrored_client_closes_it_the_same_way() -> None:
+    session = mirrored()
+    session.upstream_ready()
+    assert session.upstream_eof_received() == [EofToClient()]
+    assert session.phase is Phase.MASKING
+    session = mirrored()
+    session.upstream_ready()
+    assert session.upstream_lost(failed=True) == [Close("mask_answered", True, reset=True)]
+
+
+def test_a_mirrored_client_that_turns_out_to_be_ours_drops_the_mirror() -> None:
+    session = mirrored(classic_header()[:10])
+    [drop, start] = session.receive(classic_header()[10:], NOW)
+    assert drop == DropMask() and isinstance(start, StartSession)
+    assert not session.mask_opened and session.stats.masked == 0
+    session = mirrored(b"")
+    [drop, reply] = session.receive(build_client_hello(SECRET, DOMAIN, int(NOW)), NOW)
+    assert drop == DropMask() and isinstance(reply, SendToClient)
+    # After our ServerHello nothing goes to the mask host again, even at the timeout.
+    assert session.timer(T0 + TIMEOUT) == [Close("timeout")]
+
+
+def test_a_mirrored_client_rejected_carries_on_with_the_mirror() -> None:
+    session = mirrored(b"\x01" * 10)
+    assert session.receive(b"\x02" * 54, NOW) == [ToMask(b"\x02" * 54)]  # no StartMask
+    assert session.phase is Phase.MASKING and session.reason == "bad_secret"
+    assert session.upstream_ready() == []  # connected only now
+    assert session.stats.masked == 1
+    session = mirrored()
+    session.upstream_ready()
+    assert session.timer(T0 + TIMEOUT) == []  # the mirror is the mask: nothing to open
+    assert session.phase is Phase.MASKING and session.stats.masked == 1
+
+
+def test_a_mask_host_that_cannot_be_reached_leaves_the_client_undecided() -> None:
+    session = mirrored()
+    assert session.mask_failed() == []
+    assert session.phase is Phase.HANDSHAKE and not session.mask_opened
+    # A rejection later tries the mask host again; when that fails, the door closes.
+    assert session.timer(T0 + TIMEOUT) == [StartMask(b"\x16\x03")]
+    assert session.mask_failed() == [Close("timeout")]
+
+
+def test_no_mirror_without_a_mask_host_or_behind_an_unfinished_proxy_header() -> None:
+    session, _ = new_session(mirror=MIRROR, mask=False)
+    assert session.deadline == T0 + TIMEOUT
+    session, _ = new_session(mirror=MIRROR, proxy_protocol=True)
+    assert session.deadline == T0 + TIMEOUT
+    session.receive(build_v1(("10.0.0.1", 1), ("10.0.0.2", 2)), NOW)
+    assert session.deadline == T0 + MIRROR
+    assert session.timer(T0 + MIRROR) == [StartMask(b"")]
+
+
 # -- behind a load balancer -----------------------------------------------------------------
 
 
@@ -238,8 +322,8 @@ def test_a_bad_or_missing_proxy_header_aborts_and_is_counted() -> None:
 
 # -- any order of events --------------------------------------------------------------------
 
-EVENTS = ["data", "junk", "eof", "timer", "ready", "failed", "up_eof", "lost", "refused",
-          "quota", "closed"]  # fmt: skip
+EVENTS = ["data", "junk", "eof", "timer", "mirror", "ready", "failed", "up_eof", "lost",
+          "refused", "quota", "spoke", "mask_failed", "closed"]  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
@@ -249,7 +333,7 @@ def test_any_order_of_events_keeps_the_session_consistent(
 ) -> None:
     """Whatever happens in whatever order: no exception, at most one Close, counters that
     never go negative, and a reason once closed."""
-    session, stats = new_session(mask=mask, proxy_protocol=proxy_protocol)
+    session, stats = new_session(mask=mask, proxy_protocol=proxy_protocol, mirror=MIRROR)
     wire = build_v1(("10.0.0.1", 1), ("10.0.0.2", 2)) if proxy_protocol else b""
     wire += classic_header(7)
     closes = 0
@@ -262,9 +346,17 @@ def test_any_order_of_events_keeps_the_session_consistent(
             actions = session.eof_received()
         elif event == "timer":
             actions = session.timer(T0 + TIMEOUT)
+        elif event == "mirror":
+            actions = session.timer(T0 + MIRROR)
         elif event == "ready":
-            if session.phase in (Phase.CONNECTING, Phase.MASKING):
+            if session.phase is Phase.CONNECTING or session.mask_opened:
                 actions = session.upstream_ready()
+        elif event == "spoke":
+            if session.connected:
+                actions = session.mask_spoke()
+        elif event == "mask_failed":
+            if session.mask_opened and not session.connected:
+                actions = session.mask_failed()
         elif event == "failed":
             actions = session.upstream_failed()
         elif event == "up_eof":

@@ -64,6 +64,7 @@ class Settings:
     ip_services: tuple[str, ...] = DEFAULT_IP_SERVICES
     download_passthrough: bool = False
     handshake_timeout: float = 10.0
+    mask_mirror_after: float = 0.5
     idle_timeout: float = 300.0
     connect_timeout: float = 10.0
     replay_cache_size: int = 100_000
@@ -176,6 +177,9 @@ OPTIONS: list[Option] = [
            switch=True),
     Option("handshake_timeout", ("--handshake-timeout",), cv.float_range(0.5, 300),
            "seconds a client has to complete its handshake", metavar="SECONDS"),
+    Option("mask_mirror_after", ("--mask-mirror-after",), cv.float_range(0, 300),
+           "seconds after which a client still undecided is mirrored to the mask host, so "
+           "probers see the site's own timers (default 0.5)", metavar="SECONDS"),
     Option("idle_timeout", ("--idle-timeout",), cv.float_range(5, 86400),
            "close sessions with no traffic for this long", metavar="SECONDS"),
     Option("connect_timeout", ("--connect-timeout",), cv.float_range(0.5, 120),

@@ -25,6 +25,7 @@ from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.session import (
     Action,
     Close,
+    DropMask,
     EofToClient,
     EofToUpstream,
     Phase,
@@ -33,7 +34,9 @@ from mtproxy.proxy.session import (
     SetAddresses,
     StartMask,
     StartSession,
+    ToMask,
 )
+from mtproxy.proxy.sockets import enable_keepalive, reset_on_close
 from mtproxy.proxy.stats import ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstream
 
@@ -82,6 +85,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         "early",
         "encryptor",
         "idle_ticks",
+        "mask_peer",
+        "mask_pending",
+        "mask_task",
         "on_data",
         "peername",
         "reading_paused",
@@ -113,12 +119,18 @@ class ClientConnection(asyncio.BufferedProtocol):
             handshake_timeout=settings.handshake_timeout,
             mask=settings.mask is not None,
             proxy_protocol=settings.proxy_protocol,
+            mirror_after=settings.mask_mirror_after,
         )
         #: The handler of received bytes for the session's phase (see _HANDLERS).
         self.on_data: Callable[[memoryview], None] = self._opening_data
         self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.upstream: Upstream | None = None
+        #: The connection to the mask host (mirroring an undecided client, or masking a
+        #: rejected one), the task opening it, and bytes waiting for it to open.
+        self.mask_peer: Upstream | None = None
+        self.mask_task: asyncio.Task[None] | None = None
+        self.mask_pending = bytearray()
         self.accepted: Accepted | None = None
         self.decryptor: CipherContext | None = None
         self.encryptor: CipherContext | None = None
@@ -176,10 +188,13 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.user.connections_active -= 1
         self.server.sessions.discard(self)
         self._cancel_timer()
-        if self.connect_task is not None and not self.connect_task.done():
-            self.connect_task.cancel()
+        for task in (self.connect_task, self.mask_task):
+            if task is not None and not task.done():
+                task.cancel()
         if self.upstream is not None:
             self.upstream.close(abort=exc is not None)
+        if self.mask_peer is not None and self.mask_peer is not self.upstream:
+            self.mask_peer.close(abort=True)
         self.server.session_closed(self)
 
     def pause_writing(self) -> None:
@@ -247,6 +262,10 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self._start_session(action.accepted)
             elif isinstance(action, StartMask):
                 self._start_mask(action.first)
+            elif isinstance(action, ToMask):
+                self._mask_send(action.data)
+            elif isinstance(action, DropMask):
+                self._drop_mask()
             elif isinstance(action, EofToUpstream):
                 if self.upstream is not None:
                     self.upstream.write_eof()
@@ -260,7 +279,12 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if action.local is not None:
                     self._sockname = action.local
             elif isinstance(action, Close):
+                if action.reset and self.transport is not None:
+                    reset_on_close(self.transport.get_extra_info("socket"))
                 self.close(action.abort)
+        phase = self.session.phase
+        if phase is Phase.MASKING and self.upstream is None and self.mask_peer is not None:
+            self.upstream = self.mask_peer  # a mirrored client committed to the mask
         self.on_data = self._handler()
         self._arm_timer()
 
@@ -288,6 +312,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not server.admit(self, user):
             self._run(self.session.refused())
             return
+        if self.transport is not None and server.settings.keepalive:
+            enable_keepalive(self.transport.get_extra_info("socket"))
         self.user = user
         user.connections_active += 1
         user.connections_total += 1
@@ -302,11 +328,27 @@ class ClientConnection(asyncio.BufferedProtocol):
                 "the mask host %s leads back to this proxy; set --mask to another host",
                 server.settings.mask,
             )
-            self.close(abort=True)
+            self._run(self.session.mask_loop())
             return
-        self.stats.masked += 1
-        self.pause_reading()
-        self.connect_task = server.open_mask(self, raw)
+        if self.session.phase is Phase.MASKING:
+            self.pause_reading()  # until the mask host is there to take the bytes
+        self.mask_task = server.open_mask(self, raw)
+
+    def _mask_send(self, data: bytes | memoryview) -> None:
+        peer = self.mask_peer
+        if peer is not None and self.session.connected:
+            peer.send(memoryview(data) if isinstance(data, bytes) else data)
+        else:
+            self.mask_pending += data
+
+    def _drop_mask(self) -> None:
+        peer, self.mask_peer = self.mask_peer, None
+        if peer is not None:
+            peer.close(abort=True)
+        if self.mask_task is not None:
+            self.mask_task.cancel()
+            self.mask_task = None
+        self.mask_pending.clear()
 
     def refuse(self) -> None:
         """The user's limits refused this client after all (asynchronous admission)."""
@@ -340,6 +382,54 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def peer_lost(self, exc: Exception | None) -> None:
         self.upstream = None
+        if not self.closed:
+            self._run(self.session.upstream_lost(exc is not None))
+
+    # -- mask host events (from MaskConnection) -------------------------------------------
+
+    def mask_ready(self, peer: Upstream) -> None:
+        session = self.session
+        wanted = session.phase is Phase.HANDSHAKE or session.phase is Phase.MASKING
+        if self.closed or not wanted or not session.mask_opened or self.mask_peer is not None:
+            peer.close(abort=True)  # dropped (or the client gone) while it connected
+            return
+        self.mask_peer = peer
+        self.mask_task = None
+        actions = session.upstream_ready()
+        if self.mask_pending:
+            pending = memoryview(bytes(self.mask_pending))
+            self.mask_pending.clear()
+            peer.send(pending)
+        self._run(actions)
+        if self.write_paused:
+            peer.pause_reading()
+        self.resume_reading()
+
+    def mask_failed(self) -> None:
+        self.mask_task = None
+        self.mask_pending.clear()
+        if not self.closed:
+            self._run(self.session.mask_failed())
+
+    def mask_data(self, peer: Upstream, view: memoryview) -> None:
+        if peer is not self.mask_peer:
+            return
+        session = self.session
+        if session.phase is not Phase.MASKING:
+            self._run(session.mask_spoke())
+        if session.phase is Phase.MASKING:
+            self.send_raw(view)
+
+    def mask_eof(self, peer: Upstream) -> None:
+        if peer is self.mask_peer:
+            self._run(self.session.upstream_eof_received())
+
+    def mask_lost(self, peer: Upstream, exc: Exception | None) -> None:
+        if peer is not self.mask_peer:
+            return
+        self.mask_peer = None
+        if self.upstream is peer:
+            self.upstream = None
         if not self.closed:
             self._run(self.session.upstream_lost(exc is not None))
 
@@ -383,8 +473,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._run(self.session.over_quota())
 
     def _mask_data(self, view: memoryview) -> None:
-        if self.upstream is not None:
-            self.upstream.send(view)
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.send(view)
+        else:
+            self.mask_pending += view
 
     def send_plain(self, data: memoryview | bytes) -> None:
         """Upstream plaintext -> encrypt (and wrap in TLS records) -> client."""

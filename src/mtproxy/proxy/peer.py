@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.proxy.buffers import SharedBuffers
@@ -129,8 +129,25 @@ class PeerConnection(asyncio.BufferedProtocol):
                 self.transport.close()
 
 
+class MaskClient(Protocol):
+    """What the mask connection reports to (the client session it serves)."""
+
+    buffers: SharedBuffers
+
+    def mask_ready(self, peer: MaskConnection) -> None: ...
+    def mask_data(self, peer: MaskConnection, view: memoryview) -> None: ...
+    def mask_eof(self, peer: MaskConnection) -> None: ...
+    def mask_lost(self, peer: MaskConnection, exc: Exception | None) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
 class MaskConnection(PeerConnection):
-    """A connection to the mask host that records its own address while it lives.
+    """A connection to the mask host, which records its own address while it lives.
+
+    Its events name the connection, because a session may drop a mask connection it
+    opened to mirror an undecided client (see proxy/session.py) while that
+    connection is still completing.
 
     If the mask host is this proxy itself (a TLS domain pointing back at us), the
     forwarded probe arrives as a new client, fails again and would be forwarded
@@ -138,23 +155,34 @@ class MaskConnection(PeerConnection):
     drops such a loop at its second hop.
     """
 
-    __slots__ = ("_registry", "_source")
+    __slots__ = ("_registry", "_source", "owner")
 
-    def __init__(
-        self, client: SessionPort, first: bytes, registry: set[tuple[str, int]]
-    ) -> None:
-        super().__init__(client, client.send_raw, first=first)
+    def __init__(self, owner: MaskClient, first: bytes, registry: set[tuple[str, int]]) -> None:
+        super().__init__(cast(SessionPort, owner), self._deliver, first=first)
+        self.owner = owner
         self._registry = registry
         self._source: tuple[str, int] | None = None
+
+    def _deliver(self, view: memoryview) -> None:
+        self.owner.mask_data(self, view)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         local = transport.get_extra_info("sockname")
         if local:
             self._source = (local[0], local[1])
             self._registry.add(self._source)
-        super().connection_made(transport)
+        self.transport = cast(asyncio.Transport, transport)
+        if self.first:
+            self.transport.write(self.first)
+        self.first = b""
+        self.owner.mask_ready(self)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.owner.mask_eof(self)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._source is not None:
             self._registry.discard(self._source)
-        super().connection_lost(exc)
+        self.owner.mask_lost(self, exc)

@@ -107,7 +107,7 @@ class ProxyServer:
                 )
         except (OSError, TimeoutError) as exc:
             log.debug("mask host %s unreachable: %s", format_endpoint(mask), exc)
-            client.close()
+            client.mask_failed()
 
     def session_closed(self, client: ClientConnection) -> None:
         """Called once per closed client connection."""

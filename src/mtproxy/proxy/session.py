@@ -15,8 +15,19 @@ Phases::
                         +--rejected--> MASKING (to the mask host) | DISCARDING | CLOSED
 
 Every phase can end in CLOSED; nothing leaves CLOSED. Like aioquic's connection, the
-session owns its timer: the driver arms one timer at :attr:`Session.deadline` and
+session owns its timers: the driver arms one timer at :attr:`Session.deadline` and
 calls :meth:`Session.timer` when it fires.
+
+**Undecided clients follow the site's timers.** A prober that sends nothing, or half
+a hello, must see the connection end when the mask site would end it, not at our
+handshake timeout. So a client still undecided ``mirror_after`` seconds after accept
+is *mirrored*: the mask connection is opened, gets every byte read so far and every
+byte that follows, and what the site answers (bytes, FIN, reset) decides: the
+session commits to the mask and the prober sees the site's own timing from then on,
+offset by ``mirror_after``. A client whose opening completes after all (a slow
+network) drops the mirror and is served; a real app sends its opening in its first
+packet, so the mirror costs nothing for the clients that matter, and one mask
+connection for each undecided one.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ from mtproxy.proxy.stats import ProxyStats
 class Phase(enum.Enum):
     #: Waiting for the load balancer's PROXY protocol header.
     PROXY_HEADER = "proxy_header"
-    #: Reading the client's opening (obfuscated2 header or fake-TLS hello).
+    #: Reading the client's opening (obfuscated2 header or fake-TLS hello), perhaps
+    #: mirroring it to the mask host already.
     HANDSHAKE = "handshake"
     #: Accepted; the upstream is being opened and the client's bytes are held.
     CONNECTING = "connecting"
@@ -76,9 +88,21 @@ class StartSession:
 
 @dataclass(frozen=True, slots=True)
 class StartMask:
-    """Open the mask host and send it ``first`` (everything the client sent)."""
+    """Open the mask host and send it ``first`` (everything the client sent so far)."""
 
     first: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToMask:
+    """More undecided client bytes for the mask connection (sent once it is open)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DropMask:
+    """The mirrored client turned out to be ours: abort the mask connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +122,18 @@ class Close:
 
     reason: str
     abort: bool = False
+    #: Send a TCP reset: the mask site reset its connection, so the prober sees one too.
+    reset: bool = False
 
 
 Action = (
-    SendToClient | SetAddresses | StartSession | StartMask | EofToUpstream | EofToClient | Close
-)
+    SendToClient | SetAddresses | StartSession | StartMask | ToMask | DropMask
+    | EofToUpstream | EofToClient | Close
+)  # fmt: skip
 
 _EOF_TO_UPSTREAM = EofToUpstream()
 _EOF_TO_CLIENT = EofToClient()
+_DROP_MASK = DropMask()
 
 
 class Session:
@@ -113,12 +141,14 @@ class Session:
 
     __slots__ = (
         "_header",
+        "_mirror_at",
+        "_timeout_at",
         "accepted",
         "client_eof",
         "connected",
-        "deadline",
         "handshake",
         "mask",
+        "mask_opened",
         "phase",
         "policy",
         "reason",
@@ -135,6 +165,7 @@ class Session:
         handshake_timeout: float,
         mask: bool,
         proxy_protocol: bool = False,
+        mirror_after: float | None = None,
     ) -> None:
         self.stats = stats
         #: The secrets and modes this client is judged by (a reload does not change
@@ -144,15 +175,35 @@ class Session:
         self.mask = mask
         self.phase = Phase.PROXY_HEADER if proxy_protocol else Phase.HANDSHAKE
         self._header: bytearray | None = bytearray() if proxy_protocol else None
-        #: When :meth:`timer` must be called (loop time), or None.
-        self.deadline: float | None = now + handshake_timeout
+        self._timeout_at: float | None = now + handshake_timeout
+        self._mirror_at = now + mirror_after if mask and mirror_after is not None else None
         self.accepted: Accepted | None = None
         self.client_eof = False
         self.upstream_eof = False
-        #: The upstream (or mask host) is connected.
+        #: A connection to the mask host was asked for (to mirror or to mask).
+        self.mask_opened = False
+        #: The upstream (or the mask host, mirrored or masked) is connected.
         self.connected = False
         #: Why the session ended (or was rejected), for logs and counters.
         self.reason: str | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`timer` must be called (loop time), or None."""
+        if self.phase is Phase.HANDSHAKE:
+            mirror = self._mirror_at
+            timeout = self._timeout_at
+            if mirror is not None and timeout is not None:
+                return mirror if mirror < timeout else timeout
+            return timeout
+        if self.phase is Phase.PROXY_HEADER:
+            return self._timeout_at
+        return None
+
+    @property
+    def mirroring(self) -> bool:
+        """Undecided, with the mask connection open to the client's bytes."""
+        return self.mask_opened and self.phase is Phase.HANDSHAKE
 
     # -- events ----------------------------------------------------------------------------
 
@@ -185,26 +236,43 @@ class Session:
 
     def timer(self, now: float) -> list[Action]:
         """The driver's timer fired (it may be late or early; the session checks)."""
-        if self.deadline is None or now < self.deadline:
+        deadline = self.deadline
+        if deadline is None or now < deadline:
             return []
-        self.deadline = None
         if self.phase is Phase.PROXY_HEADER:
             self.stats.proxy_protocol_errors += 1
             return self._close("proxy_header_timeout", abort=True)
-        if self.phase is Phase.HANDSHAKE:
-            assert self.handshake is not None
+        assert self.handshake is not None
+        if self._timeout_at is not None and now >= self._timeout_at:
+            self._timeout_at = None
             return self._rejected(self.handshake.abort("timeout"))
-        return []
+        # The mirror's moment: only before any reply (it is None after one).
+        self._mirror_at = None
+        if self.handshake.replied:
+            return []
+        self.mask_opened = True
+        return [StartMask(bytes(self.handshake.raw))]
 
     def upstream_ready(self) -> list[Action]:
         """The upstream (or mask host) connected."""
-        if self.phase is Phase.CONNECTING:
+        phase = self.phase
+        if phase is Phase.CONNECTING:
             self.phase = Phase.RELAYING
             self.stats.sessions_active += 1
-        elif self.phase is not Phase.MASKING:
+        elif phase is Phase.MASKING:
+            self.stats.masked += 1
+        elif phase is not Phase.HANDSHAKE or not self.mask_opened:
             return []
         self.connected = True
-        return [_EOF_TO_UPSTREAM] if self.client_eof else []
+        return [_EOF_TO_UPSTREAM] if self.client_eof and phase is not Phase.HANDSHAKE else []
+
+    def mask_spoke(self) -> list[Action]:
+        """The mask host sent bytes, ended or failed: if the client was still undecided
+        (mirrored), the site has answered it, so the session is the site's from now on."""
+        if not self.mirroring:
+            return []
+        self.handshake = None
+        return self._rejected(Rejected("mask_answered"))
 
     def refused(self) -> list[Action]:
         """The user's limits refused an accepted client."""
@@ -212,21 +280,41 @@ class Session:
             self.stats.handshakes[(self.accepted.mode.value, "refused")] += 1
         return self._close("refused")
 
+    def mask_loop(self) -> list[Action]:
+        """The mask host turned out to be this proxy: cut the loop at this hop."""
+        return self._close("mask_loop", abort=True)
+
     def upstream_failed(self) -> list[Action]:
+        """No DC (or middle-proxy) could be had for an accepted client."""
         self.stats.upstream_failures += 1
         return self._close("upstream_failed")
 
+    def mask_failed(self) -> list[Action]:
+        """The mask host could not be reached."""
+        if self.mirroring:
+            # Still undecided (perhaps a client on a slow network): go on without the
+            # mirror; a rejection later tries the mask host again.
+            self.mask_opened = self.connected = False
+            return []
+        if self.phase is Phase.MASKING:
+            return self._close("mask_unreachable")
+        return []
+
     def upstream_eof_received(self) -> list[Action]:
         """The upstream will send nothing more: pass the half-close on."""
+        actions = self.mask_spoke()
         self.upstream_eof = True
         if self.phase is Phase.CLOSED:
-            return []
+            return actions
         if self.client_eof:
-            return [_EOF_TO_CLIENT, *self._close("done")]
-        return [_EOF_TO_CLIENT]
+            return [*actions, _EOF_TO_CLIENT, *self._close("done")]
+        return [*actions, _EOF_TO_CLIENT]
 
     def upstream_lost(self, failed: bool) -> list[Action]:
-        return self._close("upstream_lost" if failed else "upstream_closed", abort=failed)
+        actions = self.mask_spoke()
+        reset = failed and self.phase is Phase.MASKING
+        reason = "upstream_lost" if failed else "upstream_closed"
+        return [*actions, *self._close(reason, abort=failed, reset=reset)]
 
     def over_quota(self) -> list[Action]:
         return self._close("quota")
@@ -260,36 +348,53 @@ class Session:
 
     def _opening(self, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
         assert self.handshake is not None
+        mirroring = self.mask_opened
         event = self.handshake.feed(data, now)
         if event is None:
-            return []
-        if isinstance(event, Reply):
-            return [SendToClient(event.data)]
+            return [ToMask(bytes(data))] if mirroring else []
         if isinstance(event, Rejected):
+            if mirroring and event.maskable:
+                # The mask host has everything but this last piece.
+                return [ToMask(bytes(data)), *self._rejected(event)]
             return self._rejected(event)
+        # Ours: the site must never see more of this client (nor it the site).
+        actions: list[Action] = [_DROP_MASK] if mirroring else []
+        self._mirror_at = None
+        if mirroring:
+            self.mask_opened = self.connected = False
+        if isinstance(event, Reply):
+            return [*actions, SendToClient(event.data)]
         self.handshake = None
         self.accepted = event
-        self.deadline = None
+        self._timeout_at = None
         self.phase = Phase.CONNECTING
         self.stats.handshakes[(event.mode.value, "ok")] += 1
-        return [StartSession(event)]
+        return [*actions, StartSession(event)]
 
     def _rejected(self, event: Rejected) -> list[Action]:
-        self.deadline = None
         self.reason = event.reason
         self.stats.handshakes[("-", event.reason)] += 1
         handshake, self.handshake = self.handshake, None
         if not event.maskable:
-            return self._close(event.reason)
+            return [_DROP_MASK, *self._close(event.reason)] if self.mask_opened else (
+                self._close(event.reason)
+            )
         if not self.mask:
             # Like the official server's skip mode: read and discard until the client
             # gives up; a closed socket would tell a prober more.
             self.phase = Phase.DISCARDING
             return self._close(event.reason) if self.client_eof else []
         self.phase = Phase.MASKING
-        return [StartMask(bytes(handshake.raw) if handshake is not None else b"")]
+        if not self.mask_opened:
+            self.mask_opened = True
+            return [StartMask(bytes(handshake.raw) if handshake is not None else b"")]
+        # Mirrored already: the mask connection simply carries on as the session's.
+        if not self.connected:
+            return []
+        self.stats.masked += 1
+        return [_EOF_TO_UPSTREAM] if self.client_eof else []
 
-    def _close(self, reason: str, *, abort: bool = False) -> list[Action]:
+    def _close(self, reason: str, *, abort: bool = False, reset: bool = False) -> list[Action]:
         if self.phase is Phase.CLOSED:
             return []
         if self.phase is Phase.RELAYING:
@@ -297,6 +402,6 @@ class Session:
         if self.reason is None:
             self.reason = reason
         self.phase = Phase.CLOSED
-        self.deadline = None
+        self._timeout_at = self._mirror_at = None
         self.handshake = None
-        return [Close(self.reason, abort)]
+        return [Close(self.reason, abort, reset)]

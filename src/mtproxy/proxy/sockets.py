@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 
@@ -21,6 +23,37 @@ def listen_error(endpoint: Endpoint, exc: OSError) -> ListenError:
     return ListenError(
         f"cannot listen on {where}: {exc.strerror or exc}; choose another address with --listen"
     )
+
+
+def keepalive_timing(sock: socket.socket, idle: int) -> None:
+    """Keepalive timing on a listener, without turning keepalive on.
+
+    Linux copies these to accepted sockets, so :func:`enable_keepalive` later costs one
+    system call. Keepalive itself waits for the client's handshake: a probe from the
+    server on a connection a prober left idle is a tell the mask site does not have.
+    """
+    if idle <= 0 or not hasattr(socket, "TCP_KEEPIDLE"):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, min(idle, 30)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+
+
+def enable_keepalive(sock: socket.socket | None) -> None:
+    """Turn keepalive on for an accepted client (timing comes from the listener)."""
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+_LINGER_NONE = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Make the next close send a TCP reset, as a server that aborts a connection does
+    (a plain close sends FIN even when asyncio calls it an abort)."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
 
 
 def set_keepalive(sock: socket.socket, idle: int, *, probes: bool = True) -> None:
@@ -42,11 +75,8 @@ def set_keepalive(sock: socket.socket, idle: int, *, probes: bool = True) -> Non
 def listening_socket(
     endpoint: Endpoint, *, backlog: int, keepalive: int, reuse_port: bool = False
 ) -> socket.socket:
-    """A bound, listening, non-blocking socket.
-
-    Keepalive is set on the listener because Linux copies it to accepted sockets,
-    which saves four system calls per client.
-    """
+    """A bound, listening, non-blocking socket (with the keepalive timing clients get
+    once they complete a handshake; see :func:`keepalive_timing`)."""
     host, port = endpoint
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -56,7 +86,7 @@ def listening_socket(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        set_keepalive(sock, keepalive)
+        keepalive_timing(sock, keepalive)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
