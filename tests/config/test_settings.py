@@ -121,6 +121,7 @@ CASES: dict[str, Case] = {
         toml_bad=['dc = ["x"]', 'dc = { "2" = "host:http" }', "dc = [2]"],
     ),
     "prefer_ipv6": switch("--prefer-ipv6", "prefer_ipv6"),
+    "log_sessions": switch("--log-sessions", "log_sessions"),
     "data_dir": Case(
         cli_good=[(["--data-dir", "/var/lib/mtproxy"], Path("/var/lib/mtproxy")),
                   (["--data-dir", "~/mtp"], Path.home() / "mtp")],
@@ -146,6 +147,7 @@ CASES: dict[str, Case] = {
     "handshake_timeout": floats("--handshake-timeout", "handshake_timeout", 0.5, 300),
     "mask_mirror_after": floats("--mask-mirror-after", "mask_mirror_after", 0, 300),
     "idle_timeout": floats("--idle-timeout", "idle_timeout", 5, 86400),
+    "half_close_timeout": floats("--half-close-timeout", "half_close_timeout", 1, 3600),
     "connect_timeout": floats("--connect-timeout", "connect_timeout", 0.5, 120),
     "replay_cache_size": ints("--replay-cache-size", "replay_cache_size", 1, 50_000_000),
     "replay_window": floats("--replay-window", "replay_window", 10, 86400),

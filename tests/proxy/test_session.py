@@ -49,6 +49,7 @@ def policy(modes: frozenset[Mode] = frozenset(Mode)) -> HandshakePolicy:
 
 
 MIRROR = 0.5
+GRACE = 10.0  # the session's default half-close grace
 
 
 def new_session(*, mask: bool = True, proxy_protocol: bool = False,
@@ -85,10 +86,10 @@ def test_an_accepted_client_connects_relays_and_ends_with_both_half_closes() -> 
     assert accepted.mode is Mode.CLASSIC
     assert session.phase is Phase.CONNECTING and session.deadline is None
     assert stats.handshakes[("classic", "ok")] == 1
-    assert session.upstream_ready() == []
+    assert session.upstream_ready(T0) == []
     assert session.phase is Phase.RELAYING and stats.sessions_active == 1
-    assert session.eof_received() == [EofToUpstream()]
-    assert session.upstream_eof_received() == [EofToClient(), Close("done")]
+    assert session.eof_received(T0) == [EofToUpstream()]
+    assert session.upstream_eof_received(T0) == [EofToClient(), Close("done")]
     assert session.phase is Phase.CLOSED and stats.sessions_active == 0
     assert session.reason == "done"
 
@@ -96,17 +97,33 @@ def test_an_accepted_client_connects_relays_and_ends_with_both_half_closes() -> 
 def test_the_upstream_may_end_first() -> None:
     session, stats = new_session()
     accept(session)
-    session.upstream_ready()
-    assert session.upstream_eof_received() == [EofToClient()]
-    assert session.eof_received() == [EofToUpstream(), Close("done")]
+    session.upstream_ready(T0)
+    assert session.upstream_eof_received(T0) == [EofToClient()]
+    assert session.eof_received(T0) == [EofToUpstream(), Close("done")]
+    assert stats.sessions_active == 0
+
+
+@pytest.mark.parametrize("first", ["client", "upstream"])
+def test_one_side_half_closed_and_the_other_silent_ends_after_a_grace(first: str) -> None:
+    session, stats = new_session()
+    accept(session)
+    session.upstream_ready(T0)
+    assert session.deadline is None
+    if first == "client":
+        session.eof_received(T0 + 1)
+    else:
+        session.upstream_eof_received(T0 + 1)
+    assert session.deadline == T0 + 1 + GRACE
+    assert session.timer(T0 + GRACE) == []
+    assert session.timer(T0 + 1 + GRACE) == [Close("half_closed")]
     assert stats.sessions_active == 0
 
 
 def test_a_client_eof_while_connecting_is_passed_on_once_connected() -> None:
     session, _ = new_session()
     accept(session)
-    assert session.eof_received() == []
-    assert session.upstream_ready() == [EofToUpstream()]
+    assert session.eof_received(T0) == []
+    assert session.upstream_ready(T0) == [EofToUpstream()]
 
 
 def test_bytes_after_the_header_in_the_same_read_are_handed_over() -> None:
@@ -139,7 +156,7 @@ def test_an_accepted_session_can_be_ended_by_the_proxy(
     session, stats = new_session()
     accept(session)
     if event == "over_quota":
-        session.upstream_ready()
+        session.upstream_ready(T0)
     assert getattr(session, event)() == [Close(reason)]
     assert session.phase is Phase.CLOSED and session.reason == reason
     assert stats.sessions_active == 0
@@ -153,7 +170,7 @@ def test_a_lost_upstream_closes_the_client_and_a_failed_one_aborts_it() -> None:
     for failed in (False, True):
         session, stats = new_session()
         accept(session)
-        session.upstream_ready()
+        session.upstream_ready(T0)
         [close] = session.upstream_lost(failed)
         assert close == Close("upstream_lost" if failed else "upstream_closed", abort=failed)
         assert stats.sessions_active == 0
@@ -170,9 +187,9 @@ def test_a_wrong_secret_goes_to_the_mask_with_every_byte_read() -> None:
     assert session.phase is Phase.MASKING and session.reason == "bad_secret"
     assert stats.handshakes[("-", "bad_secret")] == 1
     # The mask connects; the prober's FIN is passed on; the mask's ends the session.
-    assert session.upstream_ready() == []
-    assert session.eof_received() == [EofToUpstream()]
-    assert session.upstream_eof_received() == [EofToClient(), Close("bad_secret")]
+    assert session.upstream_ready(T0) == []
+    assert session.eof_received(T0) == [EofToUpstream()]
+    assert session.upstream_eof_received(T0) == [EofToClient(), Close("bad_secret")]
     assert session.reason == "bad_secret"
 
 
@@ -188,21 +205,21 @@ def test_a_silent_client_goes_to_the_mask_when_its_deadline_passes() -> None:
 def test_a_client_eof_before_the_mask_connects_waits_for_it() -> None:
     session, _ = new_session()
     session.receive(b"\x01" * 64, NOW)
-    assert session.eof_received() == []
-    assert session.upstream_ready() == [EofToUpstream()]
+    assert session.eof_received(T0) == []
+    assert session.upstream_ready(T0) == [EofToUpstream()]
 
 
 def test_without_a_mask_bad_clients_are_read_and_ignored_until_they_leave() -> None:
     session, _ = new_session(mask=False)
     assert session.receive(b"\x01" * 64, NOW) == []
     assert session.phase is Phase.DISCARDING
-    assert session.eof_received() == [Close("bad_secret")]
+    assert session.eof_received(T0) == [Close("bad_secret")]
 
 
 def test_without_a_mask_an_eof_mid_handshake_closes() -> None:
     session, _ = new_session(mask=False)
     session.receive(b"\x01" * 10, NOW)
-    assert session.eof_received() == [Close("eof")]
+    assert session.eof_received(T0) == [Close("eof")]
 
 
 def test_after_the_fake_server_hello_the_mask_is_never_used() -> None:
@@ -212,7 +229,7 @@ def test_after_the_fake_server_hello_the_mask_is_never_used() -> None:
         [reply] = session.receive(build_client_hello(SECRET, DOMAIN, int(NOW)), NOW)
         assert isinstance(reply, SendToClient) and reply.data[:3] == b"\x16\x03\x03"
         assert session.phase is Phase.HANDSHAKE
-        actions = session.eof_received() if ending == "eof" else session.timer(T0 + TIMEOUT)
+        actions = session.eof_received(T0) if ending == "eof" else session.timer(T0 + TIMEOUT)
         reason = "eof" if ending == "eof" else "timeout"
         assert actions == [Close(reason)]
         assert stats.handshakes[("-", reason)] == 1
@@ -233,23 +250,23 @@ def mirrored(first: bytes = b"\x16\x03") -> Session:
 def test_an_undecided_client_is_mirrored_and_the_site_s_answer_decides() -> None:
     session = mirrored()
     assert session.receive(b"\x01", NOW) == [ToMask(b"\x01")]
-    assert session.upstream_ready() == []  # the mirror connected; still undecided
+    assert session.upstream_ready(T0) == []  # the mirror connected; still undecided
     assert session.mirroring
     assert session.mask_spoke() == []
     assert session.phase is Phase.MASKING and session.reason == "mask_answered"
     assert session.stats.masked == 1
     assert session.stats.handshakes[("-", "mask_answered")] == 1
     # From now on the mask host is the session's upstream; its FIN is passed on.
-    assert session.upstream_eof_received() == [EofToClient()]
+    assert session.upstream_eof_received(T0) == [EofToClient()]
 
 
 def test_the_site_closing_a_mirrored_client_closes_it_the_same_way() -> None:
     session = mirrored()
-    session.upstream_ready()
-    assert session.upstream_eof_received() == [EofToClient()]
+    session.upstream_ready(T0)
+    assert session.upstream_eof_received(T0) == [EofToClient()]
     assert session.phase is Phase.MASKING
     session = mirrored()
-    session.upstream_ready()
+    session.upstream_ready(T0)
     assert session.upstream_lost(failed=True) == [Close("mask_answered", True, reset=True)]
 
 
@@ -269,10 +286,10 @@ def test_a_mirrored_client_rejected_carries_on_with_the_mirror() -> None:
     session = mirrored(b"\x01" * 10)
     assert session.receive(b"\x02" * 54, NOW) == [ToMask(b"\x02" * 54)]  # no StartMask
     assert session.phase is Phase.MASKING and session.reason == "bad_secret"
-    assert session.upstream_ready() == []  # connected only now
+    assert session.upstream_ready(T0) == []  # connected only now
     assert session.stats.masked == 1
     session = mirrored()
-    session.upstream_ready()
+    session.upstream_ready(T0)
     assert session.timer(T0 + TIMEOUT) == []  # the mirror is the mask: nothing to open
     assert session.phase is Phase.MASKING and session.stats.masked == 1
 
@@ -317,7 +334,7 @@ def test_a_bad_or_missing_proxy_header_aborts_and_is_counted() -> None:
     assert session.timer(T0 + TIMEOUT) == [Close("proxy_header_timeout", True)]
     assert stats.proxy_protocol_errors == 1
     session, _ = new_session(proxy_protocol=True)
-    assert session.eof_received() == [Close("eof")]
+    assert session.eof_received(T0) == [Close("eof")]
 
 
 # -- any order of events --------------------------------------------------------------------
@@ -343,14 +360,14 @@ def test_any_order_of_events_keeps_the_session_consistent(
             if session.phase in (Phase.PROXY_HEADER, Phase.HANDSHAKE):
                 actions = session.receive(wire if event == "data" else b"\x00" * 70, NOW)
         elif event == "eof":
-            actions = session.eof_received()
+            actions = session.eof_received(T0)
         elif event == "timer":
             actions = session.timer(T0 + TIMEOUT)
         elif event == "mirror":
             actions = session.timer(T0 + MIRROR)
         elif event == "ready":
             if session.phase is Phase.CONNECTING or session.mask_opened:
-                actions = session.upstream_ready()
+                actions = session.upstream_ready(T0)
         elif event == "spoke":
             if session.connected:
                 actions = session.mask_spoke()
@@ -361,7 +378,7 @@ def test_any_order_of_events_keeps_the_session_consistent(
             actions = session.upstream_failed()
         elif event == "up_eof":
             if session.connected:
-                actions = session.upstream_eof_received()
+                actions = session.upstream_eof_received(T0)
         elif event == "lost":
             actions = session.upstream_lost(failed=True)
         elif event == "refused":
@@ -379,5 +396,5 @@ def test_any_order_of_events_keeps_the_session_consistent(
     assert closes <= 1
     session.closed("client_closed")
     assert session.phase is Phase.CLOSED and stats.sessions_active == 0
-    assert session.eof_received() == [] and session.timer(T0 + 10 * TIMEOUT) == []
+    assert session.eof_received(T0) == [] and session.timer(T0 + 10 * TIMEOUT) == []
     assert session.receive(b"late", NOW) == []

@@ -66,6 +66,7 @@ class Settings:
     handshake_timeout: float = 10.0
     mask_mirror_after: float = 0.5
     idle_timeout: float = 300.0
+    half_close_timeout: float = 10.0
     connect_timeout: float = 10.0
     replay_cache_size: int = 100_000
     replay_window: float = 600.0
@@ -74,6 +75,9 @@ class Settings:
     keepalive: int = 60
     backlog: int = 1024
     log_level: str = "INFO"
+    #: One line per session end: True at INFO, None at DEBUG (seen with --log-level
+    #: debug), False never.
+    log_sessions: bool | None = None
     event_loop: str = "auto"
     workers: int = 1
     stats: Endpoint | None = ("127.0.0.1", 2398)
@@ -182,6 +186,9 @@ OPTIONS: list[Option] = [
            "probers see the site's own timers (default 0.5)", metavar="SECONDS"),
     Option("idle_timeout", ("--idle-timeout",), cv.float_range(5, 86400),
            "close sessions with no traffic for this long", metavar="SECONDS"),
+    Option("half_close_timeout", ("--half-close-timeout",), cv.float_range(1, 3600),
+           "close a session this long after one side finished sending if the other side "
+           "never does", metavar="SECONDS"),
     Option("connect_timeout", ("--connect-timeout",), cv.float_range(0.5, 120),
            "timeout for connecting to a DC or the mask host", metavar="SECONDS"),
     Option("replay_cache_size", ("--replay-cache-size",), cv.int_range(1, 50_000_000),
@@ -197,6 +204,9 @@ OPTIONS: list[Option] = [
     Option("keepalive", ("--keepalive",), cv.int_range(0, 7200), "TCP keepalive idle time "
            "in seconds (0 disables)", metavar="SECONDS"),
     Option("backlog", ("--backlog",), cv.int_range(1, 65535), "listen backlog", metavar="N"),
+    Option("log_sessions", ("--log-sessions",), cv.as_bool, "log one INFO line per session "
+           "end: user, DC, mode, bytes each way, duration, why it ended (default: at debug "
+           "level only)", switch=True),
     Option("log_level", ("--log-level",), cv.log_level, "debug, info, warning or error",
            metavar="LEVEL"),
     Option("event_loop", ("--event-loop",), cv.choice("auto", "uvloop", "asyncio"),

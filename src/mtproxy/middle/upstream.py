@@ -209,6 +209,10 @@ class MiddleUpstream:
     def resume_reading(self) -> None:
         self.client_blocked = False
 
+    def was_reset(self) -> bool:
+        """The shared link keeps reading whatever one client does; it reports its own loss."""
+        return False
+
     def write_eof(self) -> None:
         # A client that stops sending is done: the RPC protocol has no half-close.
         self.eof = True

@@ -19,6 +19,7 @@ from typing import Protocol, cast
 from mtproxy.config.settings import Settings
 from mtproxy.protocol import faketls
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
+from mtproxy.protocol.dc import format_endpoint
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.proxy.buffers import SharedBuffers
@@ -36,9 +37,10 @@ from mtproxy.proxy.session import (
     StartSession,
     ToMask,
 )
-from mtproxy.proxy.sockets import enable_keepalive, reset_on_close
+from mtproxy.proxy.sockets import close_soon, enable_keepalive, reset_on_close, was_reset
 from mtproxy.proxy.stats import ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstream
+from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.client")
 
@@ -61,6 +63,8 @@ class ClientHost(Protocol):
     passthrough: bool
     sessions: set[ClientConnection]
     mask_sources: set[tuple[str, int]]
+    #: Where upstream failures are logged (one line per kind per period, not per client).
+    failures: ThrottledLog
 
     def user_for(
         self, secret_index: int, policy: HandshakePolicy | None = None
@@ -79,6 +83,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "accepted",
         "active",
         "buffers",
+        "bytes_in",
+        "bytes_out",
         "closed",
         "connect_task",
         "decryptor",
@@ -94,6 +100,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "records",
         "server",
         "session",
+        "started",
         "stats",
         "timer",
         "transport",
@@ -120,7 +127,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             mask=settings.mask is not None,
             proxy_protocol=settings.proxy_protocol,
             mirror_after=settings.mask_mirror_after,
+            half_close_grace=settings.half_close_timeout,
         )
+        self.started = server.loop.time()
+        #: Client bytes relayed each way in this session (for its log line).
+        self.bytes_in = 0
+        self.bytes_out = 0
         #: The handler of received bytes for the session's phase (see _HANDLERS).
         self.on_data: Callable[[memoryview], None] = self._opening_data
         self.timer: asyncio.TimerHandle | None = None
@@ -177,7 +189,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.on_data(self.buffers.inview[:nbytes])
 
     def eof_received(self) -> bool:
-        self._run(self.session.eof_received())
+        self._run(self.session.eof_received(self.server.loop.time()))
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -195,7 +207,25 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.upstream.close(abort=exc is not None)
         if self.mask_peer is not None and self.mask_peer is not self.upstream:
             self.mask_peer.close(abort=True)
+        if self.accepted is not None:
+            self._log_end()
         self.server.session_closed(self)
+
+    def _log_end(self) -> None:
+        """One line per accepted session (``--log-sessions``; by default at DEBUG)."""
+        choice = self.server.settings.log_sessions
+        level = logging.INFO if choice else logging.DEBUG
+        if choice is False or not log.isEnabledFor(level):
+            return
+        accepted = self.accepted
+        assert accepted is not None
+        log.log(
+            level, "session %s: user %s, DC %d, %s, %d B up, %d B down, %.1f s, %s",
+            format_endpoint(self.peername), self.user.name if self.user else "-",
+            accepted.client.dc_id,
+            accepted.mode.value, self.bytes_in, self.bytes_out,
+            self.server.loop.time() - self.started, self.session.reason,
+        )  # fmt: skip
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -218,6 +248,18 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
             self.transport.resume_reading()
+
+    def check_paused(self) -> None:
+        """A socket whose reading is paused is not watched by the event loop, so a reset
+        of it goes unseen until the session idles out; the idle sweep asks here."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self.reading_paused and was_reset(transport.get_extra_info("socket")):
+            self.session.closed("client_reset")
+            self.close(abort=True)
+        elif self.write_paused and self.upstream is not None and self.upstream.was_reset():
+            self.upstream.close(abort=True)
 
     def write_buffer_size(self) -> int:
         transport = self.transport
@@ -318,6 +360,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         user.connections_active += 1
         user.connections_total += 1
         self.stats.bytes_from_clients += len(self.early)
+        self.bytes_in += len(self.early)
         user.bytes_from_client += len(self.early)
         self.connect_task = server.open_upstream(self, accepted)
 
@@ -363,7 +406,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.upstream = peer
         self.connect_task = None
-        actions = self.session.upstream_ready()
+        actions = self.session.upstream_ready(self.server.loop.time())
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
@@ -374,11 +417,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.resume_reading()
 
     def upstream_failed(self, reason: str) -> None:
-        log.info("client %s: upstream failed: %s", self.peername, reason)
+        self.server.failures.log(logging.INFO, reason, f"upstream failed: {reason}")
+        log.debug("client %s: upstream failed: %s", self.peername, reason)
         self._run(self.session.upstream_failed())
 
     def peer_eof(self) -> None:
-        self._run(self.session.upstream_eof_received())
+        self._run(self.session.upstream_eof_received(self.server.loop.time()))
 
     def peer_lost(self, exc: Exception | None) -> None:
         self.upstream = None
@@ -395,7 +439,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.mask_peer = peer
         self.mask_task = None
-        actions = session.upstream_ready()
+        actions = session.upstream_ready(self.server.loop.time())
         if self.mask_pending:
             pending = memoryview(bytes(self.mask_pending))
             self.mask_pending.clear()
@@ -422,7 +466,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def mask_eof(self, peer: Upstream) -> None:
         if peer is self.mask_peer:
-            self._run(self.session.upstream_eof_received())
+            self._run(self.session.upstream_eof_received(self.server.loop.time()))
 
     def mask_lost(self, peer: Upstream, exc: Exception | None) -> None:
         if peer is not self.mask_peer:
@@ -450,6 +494,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         n = len(view)
         self.decryptor.update_into(view, self.buffers.inview[: n + CTR_SLACK])
         self.stats.bytes_from_clients += n
+        self.bytes_in += n
         user = self.user
         if user is not None:
             user.bytes_from_client += n
@@ -501,6 +546,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         n = len(data)
         self.stats.bytes_to_clients += n
+        self.bytes_out += n
         user = self.user
         if user is not None:
             user.bytes_to_client += n
@@ -548,7 +594,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             if abort:
                 transport.abort()
             else:
-                transport.close()
+                close_soon(transport)
 
 
 def _discard(view: memoryview) -> None:

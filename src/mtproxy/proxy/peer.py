@@ -14,7 +14,7 @@ from typing import Protocol, cast
 
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.proxy.buffers import SharedBuffers
-from mtproxy.proxy.sockets import set_keepalive
+from mtproxy.proxy.sockets import close_soon, set_keepalive, was_reset
 from mtproxy.proxy.upstream import SessionPort
 
 Deliver = Callable[[memoryview], None]
@@ -121,12 +121,16 @@ class PeerConnection(asyncio.BufferedProtocol):
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
 
+    def was_reset(self) -> bool:
+        transport = self.transport
+        return transport is not None and was_reset(transport.get_extra_info("socket"))
+
     def close(self, abort: bool = False) -> None:
         if self.transport is not None:
             if abort:
                 self.transport.abort()
             else:
-                self.transport.close()
+                close_soon(self.transport)
 
 
 class MaskClient(Protocol):

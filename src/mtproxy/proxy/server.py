@@ -19,6 +19,7 @@ from mtproxy.proxy.peer import MaskConnection
 from mtproxy.proxy.sockets import listen_error, listening_socket
 from mtproxy.proxy.stats import ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstreams, UpstreamsFactory
+from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.server")
 
@@ -65,6 +66,7 @@ class ProxyServer:
         self.upstreams: Upstreams = upstreams(self)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         self.sessions: set[ClientConnection] = set()
+        self.failures = ThrottledLog(logging.getLogger("mtproxy.client"))
         #: Local addresses of our connections to the mask host (see MaskConnection).
         self.mask_sources: set[tuple[str, int]] = set()
         self._given_sockets = list(listen_sockets)
@@ -155,6 +157,7 @@ class ProxyServer:
             for client in list(self.sessions):
                 if client.handshake_pending:
                     continue
+                client.check_paused()
                 if client.active:
                     client.active = False
                     client.idle_ticks = 0

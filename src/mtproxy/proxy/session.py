@@ -141,6 +141,8 @@ class Session:
 
     __slots__ = (
         "_header",
+        "_linger",
+        "_linger_at",
         "_mirror_at",
         "_timeout_at",
         "accepted",
@@ -166,6 +168,7 @@ class Session:
         mask: bool,
         proxy_protocol: bool = False,
         mirror_after: float | None = None,
+        half_close_grace: float = 10.0,
     ) -> None:
         self.stats = stats
         #: The secrets and modes this client is judged by (a reload does not change
@@ -177,6 +180,9 @@ class Session:
         self._header: bytearray | None = bytearray() if proxy_protocol else None
         self._timeout_at: float | None = now + handshake_timeout
         self._mirror_at = now + mirror_after if mask and mirror_after is not None else None
+        #: How long one side may stay half-closed while the other says nothing more.
+        self._linger = half_close_grace
+        self._linger_at: float | None = None
         self.accepted: Accepted | None = None
         self.client_eof = False
         self.upstream_eof = False
@@ -198,6 +204,8 @@ class Session:
             return timeout
         if self.phase is Phase.PROXY_HEADER:
             return self._timeout_at
+        if self.phase is Phase.RELAYING or self.phase is Phase.MASKING:
+            return self._linger_at
         return None
 
     @property
@@ -217,7 +225,7 @@ class Session:
             return []
         raise RuntimeError(f"receive() in phase {self.phase.value}")
 
-    def eof_received(self) -> list[Action]:
+    def eof_received(self, now: float) -> list[Action]:
         """The client will send nothing more."""
         self.client_eof = True
         phase = self.phase
@@ -229,6 +237,7 @@ class Session:
         if phase is Phase.RELAYING or (phase is Phase.MASKING and self.connected):
             if self.upstream_eof:
                 return [_EOF_TO_UPSTREAM, *self._close("done")]
+            self._linger_at = now + self._linger
             return [_EOF_TO_UPSTREAM]
         if phase is Phase.DISCARDING:
             return self._close("eof")
@@ -242,6 +251,9 @@ class Session:
         if self.phase is Phase.PROXY_HEADER:
             self.stats.proxy_protocol_errors += 1
             return self._close("proxy_header_timeout", abort=True)
+        if self.phase is not Phase.HANDSHAKE:
+            # One side said it was done long ago and the other never followed.
+            return self._close("half_closed")
         assert self.handshake is not None
         if self._timeout_at is not None and now >= self._timeout_at:
             self._timeout_at = None
@@ -253,7 +265,7 @@ class Session:
         self.mask_opened = True
         return [StartMask(bytes(self.handshake.raw))]
 
-    def upstream_ready(self) -> list[Action]:
+    def upstream_ready(self, now: float) -> list[Action]:
         """The upstream (or mask host) connected."""
         phase = self.phase
         if phase is Phase.CONNECTING:
@@ -264,7 +276,10 @@ class Session:
         elif phase is not Phase.HANDSHAKE or not self.mask_opened:
             return []
         self.connected = True
-        return [_EOF_TO_UPSTREAM] if self.client_eof and phase is not Phase.HANDSHAKE else []
+        if self.client_eof and phase is not Phase.HANDSHAKE:
+            self._linger_at = now + self._linger
+            return [_EOF_TO_UPSTREAM]
+        return []
 
     def mask_spoke(self) -> list[Action]:
         """The mask host sent bytes, ended or failed: if the client was still undecided
@@ -300,7 +315,7 @@ class Session:
             return self._close("mask_unreachable")
         return []
 
-    def upstream_eof_received(self) -> list[Action]:
+    def upstream_eof_received(self, now: float) -> list[Action]:
         """The upstream will send nothing more: pass the half-close on."""
         actions = self.mask_spoke()
         self.upstream_eof = True
@@ -308,6 +323,7 @@ class Session:
             return actions
         if self.client_eof:
             return [*actions, _EOF_TO_CLIENT, *self._close("done")]
+        self._linger_at = now + self._linger
         return [*actions, _EOF_TO_CLIENT]
 
     def upstream_lost(self, failed: bool) -> list[Action]:
@@ -402,6 +418,6 @@ class Session:
         if self.reason is None:
             self.reason = reason
         self.phase = Phase.CLOSED
-        self._timeout_at = self._mirror_at = None
+        self._timeout_at = self._mirror_at = self._linger_at = None
         self.handshake = None
         return [Close(self.reason, abort, reset)]

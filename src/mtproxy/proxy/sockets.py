@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
@@ -46,6 +47,35 @@ def enable_keepalive(sock: socket.socket | None) -> None:
 
 
 _LINGER_NONE = struct.pack("ii", 1, 0)
+#: Seconds a closing socket may take to hand its queued bytes to a peer that stopped
+#: reading, before it is reset: nothing outlives its session by more than this.
+FLUSH_DEADLINE = 5.0
+_TCP_CLOSE = 7  # tcpi_state after a reset (Linux include/net/tcp_states.h)
+
+
+def close_soon(transport: asyncio.Transport) -> None:
+    """Close after sending what is queued, but no later than :data:`FLUSH_DEADLINE`."""
+    transport.close()
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(FLUSH_DEADLINE, reset_now, transport)
+
+
+def reset_now(transport: asyncio.Transport) -> None:
+    """Drop the connection with a reset: a plain close would leave the kernel holding the
+    unsent bytes (and the connection) for as long as the peer keeps its window shut."""
+    reset_on_close(transport.get_extra_info("socket"))
+    transport.abort()
+
+
+def was_reset(sock: socket.socket | None) -> bool:
+    """The peer reset this connection (seen even while we do not read from it: a socket
+    whose reading is paused is not watched by the event loop, so nothing else tells)."""
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except OSError:
+        return True
 
 
 def reset_on_close(sock: socket.socket | None) -> None:

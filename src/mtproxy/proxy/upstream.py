@@ -32,6 +32,9 @@ class Upstream(Protocol):
     def write_eof(self) -> None: ...
     def close(self, abort: bool = False) -> None: ...
 
+    def was_reset(self) -> bool:
+        """The far side reset the connection while we did not read from it."""
+
 
 class SessionPort(Protocol):
     """What an upstream may do to the client session it serves."""
