@@ -264,11 +264,25 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
         if opt.repeat:
             items = raw if isinstance(raw, list) else [raw]
             if opt.field == "dc" and isinstance(raw, dict):
-                items = [f"{k}={v}" for k, v in raw.items()]
+                items = _dc_table(raw)
             return [opt.convert(item) for item in items]
         return opt.convert(raw)
     except ValueError as exc:
         raise ConfigError(where, str(exc)) from None
+
+
+def _dc_table(raw: dict[str, Any]) -> list[str]:
+    """``[dc]`` as a table: each value a "HOST:PORT" string or a list of them."""
+    items: list[str] = []
+    for key, value in raw.items():
+        for one in value if isinstance(value, list) else [value]:
+            if not isinstance(one, str):
+                raise ValueError(
+                    f"DC {key}: expected \"HOST:PORT\", got {type(one).__name__} {one!r}; "
+                    f"write it in quotes, e.g. {key} = \"149.154.167.51:443\""
+                )
+            items.append(f"{key}={one}")
+    return items
 
 
 def read_toml(path: Path) -> dict[str, Any]:
