@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mtproxy.config.settings import Settings
+from mtproxy.ops.bound import write_bound
 from mtproxy.ops.limits import Ledger, UserRegistry, UserState, load_usage, refusal, save_usage
 from mtproxy.ops.socks import Socks5
 from mtproxy.protocol.dc import DcTable, Endpoint
@@ -329,6 +330,8 @@ class OpsServer(ProxyServer):
         if self.registry.named():
             await self.sync_quotas()
         await super().start()
+        if self.worker_index is None:  # under a supervisor, the supervisor records them
+            write_bound(self.settings.data_dir, self.addresses)
         self._sync_task = self.loop.create_task(self._sync_loop())
 
     async def stop(self, grace: float = 0.0) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 from mtproxy.cli import CliError
 from mtproxy.config.settings import Settings
+from mtproxy.ops.bound import write_bound
 from mtproxy.ops.control import LENGTH, MAX_MESSAGE, Channel, Message
 from mtproxy.ops.limits import Ledger, load_usage, save_usage
 from mtproxy.ops.replay_shared import SharedReplayCache, create_region
@@ -449,6 +450,7 @@ class Supervisor:
             if stopper.requested.is_set():
                 raise RuntimeError("stopped while the workers were starting")
             raise RuntimeError("workers did not start; see the log above")
+        write_bound(self.settings.data_dir, self.endpoints)
         if self.settings.stats is not None:
             self.stats = StatsServer(self.settings.stats, self.collect, self.settings.stats_allow)
             try:
