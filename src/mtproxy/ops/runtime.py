@@ -2,7 +2,8 @@
 
 - SIGHUP re-reads the configuration; a bad file is logged and the old one kept.
 - SIGTERM (and SIGINT) stop accepting and let sessions drain for up to
-  ``shutdown_grace`` seconds; a second one closes what is left at once.
+  ``shutdown_grace`` seconds; a second one, a second or more later, closes what is
+  left at once (see :class:`StopSignal` for why a quicker repeat does not).
 - In a single process the stats port is served here; under a supervisor the
   supervisor serves it and this process answers its questions.
 """
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from mtproxy.config.errors import ConfigError
@@ -39,21 +41,33 @@ def reload_now(server: OpsServer, reloader: Reloader) -> bool:
     return True
 
 
+#: A stop signal repeated within this many seconds of the first is the same stop.
+REPEAT_WINDOW = 1.0
+
+
 class StopSignal:
     """SIGTERM/SIGINT handler, installed before anything starts.
 
-    First signal: drain. Second: ``force`` (close every session now, or in a supervisor
-    tell the workers the same).
+    First signal: drain. A later one: ``force`` (close every session now, or in a
+    supervisor order the workers to). Two deliveries of one stop must not force:
+    ``kill -TERM -- -PGID`` (systemd's control-group kill, ``timeout``) reaches the
+    supervisor and every worker at once, and ``timeout`` signals its child twice. So a
+    repeat within :data:`REPEAT_WINDOW` seconds counts as the first, and a worker never
+    forces on a signal at all: only its supervisor's explicit order does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.requested = asyncio.Event()
         self.force: Callable[[], None] | None = None
         self.signals: list[int] = []
+        self.worker = False
+        self.clock = clock
+        self.first_at = 0.0
 
     def install(self, loop: asyncio.AbstractEventLoop, *, worker: bool = False) -> None:
         """A worker leaves SIGINT (Ctrl-C reaches the whole group) and SIGHUP (the
         supervisor re-reads the configuration and sends it) to its supervisor."""
+        self.worker = worker
         self.signals = [signal.SIGTERM] if worker else [signal.SIGTERM, signal.SIGINT]
         if worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -66,9 +80,19 @@ class StopSignal:
                 loop.add_signal_handler(signal.SIGHUP, _too_early)
 
     def __call__(self) -> None:
+        now = self.clock()
         if not self.requested.is_set():
+            self.first_at = now
             self.requested.set()
-        elif self.force is not None:
+            return
+        if self.worker:
+            log.debug("stop signal again: still draining (only the supervisor forces a stop)")
+            return
+        if now - self.first_at < REPEAT_WINDOW:
+            log.info("stop signal repeated within %gs: the same stop, still draining",
+                     REPEAT_WINDOW)
+            return
+        if self.force is not None:
             self.force()
 
 

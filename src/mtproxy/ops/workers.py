@@ -14,7 +14,9 @@ The supervisor also: serves the stats port (asking every worker for a snapshot
 and summing them), owns the ledger that makes per-user limits exact across
 workers, re-reads the configuration on SIGHUP and sends it to the workers (a file
 that does not load changes nothing), and turns SIGTERM/SIGINT into a drain of every
-worker.
+worker. Workers drain on a stop signal of their own too (a process-group kill
+reaches them directly) but never force on one: a forced stop is the supervisor's
+order, sent on the control channel when the operator signals again.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from mtproxy.ops.bound import write_bound
 from mtproxy.ops.control import LENGTH, MAX_MESSAGE, Channel, Message
 from mtproxy.ops.limits import Ledger, load_usage, save_usage
 from mtproxy.ops.replay_shared import SharedReplayCache, create_region
-from mtproxy.ops.runtime import Reloader, StopSignal, reload_now
+from mtproxy.ops.runtime import Reloader, StopSignal, force_close, reload_now
 from mtproxy.ops.server import RESTART_ONLY, OpsServer
 from mtproxy.ops.snapshot import Snapshot, merge, take
 from mtproxy.ops.stats_server import DEFAULT_ALLOW, StatsServer, StatsView
@@ -193,6 +195,8 @@ class WorkerLink:
         if op == "reload":
             settings = decode_settings(str(message["settings"]))
             reload_now(server, lambda: settings)
+        if op == "force":  # the operator's second stop signal, relayed by the supervisor
+            force_close(server)()
         return None
 
     def started(self, server: OpsServer) -> None:
@@ -497,9 +501,28 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.send_signal(sig)
 
+    def _force(self) -> None:
+        """The operator's second stop signal: workers close their sessions now.
+
+        Workers ignore repeated signals (a process-group kill reaches them too), so the
+        order travels on the control channel; a worker without one is killed.
+        """
+        log.info("second stop signal: workers close their sessions now")
+        for worker in self.workers:
+            proc = worker.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            try:
+                if worker.channel is None:
+                    raise ConnectionError("no control channel")
+                worker.channel.send({"op": "force"})
+            except ConnectionError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+
     async def run(self, stopper: StopSignal) -> int:
         loop = asyncio.get_running_loop()
-        stopper.force = lambda: self._signal_all(signal.SIGTERM)  # workers: second signal
+        stopper.force = self._force
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         saver = loop.create_task(self._save_loop())
         waiters = [loop.create_task(stopper.requested.wait()),
