@@ -58,6 +58,8 @@ READY_TIMEOUT = 60.0
 STATS_TIMEOUT = 2.0
 SNAPSHOT_EVERY = 5.0
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
+#: Seconds past the drain's grace after which the supervisor kills workers still running.
+KILL_AFTER_GRACE = 10.0
 _RETIRED_COUNTERS = (
     "connections_total", "bytes_from_clients", "bytes_to_clients", "upstream_connects",
     "upstream_failures", "masked", "accept_refused", "proxy_protocol_errors", "quota_closed",
@@ -559,7 +561,7 @@ class Supervisor:
         self._signal_all(signal.SIGTERM)
         procs = [w.proc for w in self.workers if w.proc is not None]
         try:
-            async with asyncio.timeout(self.settings.shutdown_grace + 10):
+            async with asyncio.timeout(self.settings.shutdown_grace + KILL_AFTER_GRACE):
                 await asyncio.gather(*(p.wait() for p in procs))
         except TimeoutError:
             log.warning("workers still running after the grace period; killing them")
