@@ -25,7 +25,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mtproxy.cli import links, run, secrets
+    from mtproxy.cli import doctor, links, run, secrets
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     secrets.register(sub)
     links.register(sub)
+    doctor.register(sub)
     sub.add_parser(
         "entrypoint", add_help=False,
         help="start like the official container (SECRET, TAG, ... and -H/-p/-S flags)",
