@@ -19,6 +19,7 @@ import email.utils
 import enum
 import http.client
 import ipaddress
+import os
 import resource
 import socket
 import ssl
@@ -147,6 +148,8 @@ class Probe:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
@@ -401,7 +404,10 @@ async def _proves_it_is_us(
     """A fake-TLS hello signed with our secret: only this proxy answers with a ServerHello
     signed with it (the mask, or another program, cannot)."""
     hello = build_client_hello(secret, domain, int(probe.clock()))
-    reader, writer = await probe.connect(endpoint)
+    try:
+        reader, writer = await probe.connect(endpoint)
+    except (OSError, TimeoutError):
+        return False
     try:
         writer.write(hello)
         async with asyncio.timeout(probe.timeout):
