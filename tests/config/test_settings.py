@@ -268,11 +268,26 @@ CASES.update({
         toml_bad=["socks5 = 1", 'socks5 = "socks5://:1080"'],
     ),
     "shutdown_grace": floats("--shutdown-grace", "shutdown_grace", 0, 3600),
+    "api": Case(
+        cli_good=[(["--api", "127.0.0.1:2399"], ("127.0.0.1", 2399)), (["--api", "[::1]"],
+                   ("::1", 2399)), (["--api", "off"], None)],
+        cli_bad=[["--api", "h:x"], ["--api", "no host:1"], ["--api", "127.0.0.1:0"]],
+        toml_good=[('api = "127.0.0.1:9"', ("127.0.0.1", 9))],
+        toml_bad=["api = 1", 'api = "[::1"'],
+    ),
+    "api_token": Case(
+        cli_good=[(["--api-token", "0123456789abcdef"], "0123456789abcdef"),
+                  (["--api-token", ""], None)],
+        cli_bad=[["--api-token", "short"], ["--api-token", "has a space in it ok"]],
+        toml_good=[('api_token = "tok-0123456789abcdefgh"', "tok-0123456789abcdefgh")],
+        toml_bad=["api_token = 1", 'api_token = "x"'],
+    ),
     "users": Case(
         toml_good=[(f'[[users]]\nname = "a"\nsecret = "{HEX}"',
                     (UserConfig("a", ClientSecret(KEY, Mode.CLASSIC)),))],
         toml_bad=["users = 1", '[[users]]\nname = "a"', f'[[users]]\nname = "a"\nsecret = "{HEX}"'
-                  '\nquota = "much"', f'[[users]]\nname = "a"\nsecret = "{HEX}"\nspeed = 1'],
+                  '\nquota = "much"', f'[[users]]\nname = "a"\nsecret = "{HEX}"\nspeed = 1',
+                  f'[[users]]\nname = "a"\nsecret = "{HEX}"\ndisabled = "maybe"'],
     ),
 })
 

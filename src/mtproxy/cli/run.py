@@ -88,9 +88,10 @@ def main(args: argparse.Namespace) -> int:
 def ensure_secrets(settings: Settings) -> Settings:
     """Use the configured secrets, else the stored ones, else generate and store one.
 
-    Named users bring their own secrets; then nothing is generated.
+    Named users of the configuration bring their own secrets; then nothing is generated
+    (users added through the management API do not replace the stored secret).
     """
-    if settings.secrets or settings.users:
+    if settings.secrets or settings.file_users:
         return settings
     try:
         keys, created = load_or_create_secrets(settings.data_dir)

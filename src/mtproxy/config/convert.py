@@ -290,3 +290,16 @@ def nat_info(value: Any) -> tuple[str, str]:
             "10.0.0.5:203.0.113.7"
         ) from None
     return str(pair[0]), str(pair[1])
+
+
+def api_token(value: Any) -> str | None:
+    """A bearer token: at least 16 printable characters without spaces; '' for none."""
+    text = as_str(value).strip()
+    if not text:
+        return None
+    if len(text) < 16 or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError(
+            "the token must be 16 or more printable characters without spaces; "
+            "generate one with: openssl rand -hex 24"
+        )
+    return text

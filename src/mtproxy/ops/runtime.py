@@ -20,9 +20,12 @@ from collections.abc import Callable
 
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings
-from mtproxy.ops.server import OpsServer
+from mtproxy.ops.api import ApiServer, Backend, load_token
+from mtproxy.ops.server import LocalLedger, OpsServer
 from mtproxy.ops.snapshot import take
 from mtproxy.ops.stats_server import DEFAULT_ALLOW, StatsServer, StatsView
+from mtproxy.protocol.dc import Endpoint, format_endpoint
+from mtproxy.state import StateError
 
 log = logging.getLogger("mtproxy")
 
@@ -109,6 +112,74 @@ def force_close(server: OpsServer) -> Callable[[], None]:
     return force
 
 
+class LocalBackend:
+    """The management API's view of a single serving process."""
+
+    def __init__(self, server: OpsServer, reloader: Reloader | None) -> None:
+        self.server = server
+        self.reloader = reloader
+
+    @property
+    def settings(self) -> Settings:
+        return self.server.settings
+
+    @property
+    def addresses(self) -> list[Endpoint]:
+        return list(self.server.addresses)
+
+    async def view(self) -> StatsView:
+        snap = take(self.server)
+        ledger = self.server.ledger
+        if isinstance(ledger, LocalLedger):
+            for name, user in snap["users"].items():
+                if user["quota"] is not None:
+                    user["quota_used"] = ledger.ledger.used(name)
+        return StatsView(snap, os.getpid(), self.server.stats.started)
+
+    async def apply(self, settings: Settings) -> int:
+        notes = self.server.apply(settings)
+        log.info("configuration changed through the API%s", "".join(f"; {n}" for n in notes))
+        return 1
+
+    async def reset_quota(self, name: str) -> None:
+        ledger = self.server.ledger
+        assert isinstance(ledger, LocalLedger)
+        ledger.ledger.reset(name)
+        self.server._refresh_quotas(self.server.ledger_sync_now())
+        ledger.save()
+
+    async def reread(self) -> str | None:
+        if self.reloader is None:
+            return "this proxy was started without a configuration to reload"
+        try:
+            settings = self.reloader()
+        except Exception as exc:  # a reload must never kill a serving process
+            return str(exc)
+        await self.apply(settings)
+        return None
+
+    async def link_host(self) -> str:
+        from mtproxy.cli.run import link_host
+
+        return await link_host(self.settings)
+
+
+async def start_api(settings: Settings, backend: Backend) -> ApiServer | None:
+    """The management API when configured; a failure to start it is logged, not fatal."""
+    if settings.api is None:
+        return None
+    try:
+        api = ApiServer(settings.api, load_token(settings), backend)
+        await api.start()
+    except (OSError, StateError) as exc:
+        log.error("cannot serve the management API on %s: %s", format_endpoint(settings.api),
+                  getattr(exc, "strerror", None) or exc)  # fmt: skip
+        return None
+    host, port = api.address
+    log.info("management API on http://%s/api/", format_endpoint((host, port)))
+    return api
+
+
 def local_stats(server: OpsServer) -> StatsServer | None:
     endpoint = server.settings.stats
     if endpoint is None:
@@ -150,6 +221,7 @@ async def run_until_stopped(
         else:
             host, port = stats.address
             log.info("stats on http://%s/stats and /metrics", f"{host}:{port}")
+    api = await start_api(server.settings, LocalBackend(server, reloader)) if lost is None else None
     waiters = [loop.create_task(stopper.requested.wait())]
     if lost is not None:
         waiters.append(loop.create_task(lost.wait()))
@@ -164,6 +236,8 @@ async def run_until_stopped(
     await server.stop(grace)
     if stats is not None:
         await stats.close()
+    if api is not None:
+        await api.close()
     for sig in (*stopper.signals, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)

@@ -39,7 +39,9 @@ QUOTA_SYNC = 0.25
 #: How often usage is written to the data directory.
 SAVE_EVERY = 10.0
 #: Settings that only a restart can change.
-RESTART_ONLY = ("listen", "workers", "stats", "buffer_size", "backlog", "data_dir")
+RESTART_ONLY = (
+    "listen", "workers", "stats", "buffer_size", "backlog", "data_dir", "api", "api_token"
+)
 
 
 class LedgerClient(Protocol):
@@ -136,6 +138,8 @@ class OpsServer(ProxyServer):
         self.socks = Socks5(settings.socks5) if settings.socks5 else None
         for state in self.registry.states.values():
             self._schedule_expiry(state)
+            if state.config is not None and state.config.disabled and not state.removed:
+                self._close_all(state, "disabled")
         return added, removed
 
     def apply(self, settings: Settings) -> list[str]:
@@ -174,8 +178,11 @@ class OpsServer(ProxyServer):
 
     def _expire(self, state: UserState) -> None:
         state.expiry_timer = None
+        self._close_all(state, "expired")
+
+    def _close_all(self, state: UserState, why: str) -> None:
         if state.sessions:
-            log.info("user %s expired; closing %d sessions", state.name, len(state.sessions))
+            log.info("user %s %s; closing %d sessions", state.name, why, len(state.sessions))
         for client in list(state.sessions):
             client.close()
 
