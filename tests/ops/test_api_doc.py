@@ -25,7 +25,7 @@ def load() -> dict[str, Any]:
 
 
 def test_the_document_is_valid_openapi() -> None:
-    validate(load())  # type: ignore[arg-type]
+    validate(load())
 
 
 def test_the_document_lists_exactly_the_served_endpoints() -> None:
