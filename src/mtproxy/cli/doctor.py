@@ -17,7 +17,6 @@ from mtproxy.cli import CliError
 from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import add_arguments, load_settings
-from mtproxy.ops.doctor import DEFAULT_TIME_URL, Level, Probe, Result, diagnose, render, worst
 
 
 def register(sub: Any) -> None:
@@ -30,9 +29,9 @@ def register(sub: Any) -> None:
         "--config as mtproxy run. Exit code: 0 ok, 1 warnings, 2 errors.",
     )
     add_arguments(parser)
-    parser.add_argument("--time-url", metavar="URL", default=DEFAULT_TIME_URL,
-                        help=f"https:// site whose Date header is the reference clock "
-                        f"(default {DEFAULT_TIME_URL})")
+    parser.add_argument("--time-url", metavar="URL", default=None,
+                        help="https:// site whose Date header is the reference clock "
+                        "(default https://core.telegram.org/)")
     parser.add_argument("--timeout", metavar="SECONDS", default="5",
                         help="how long each network check may take (default 5)")
     parser.add_argument("--json", action="store_true", help="results as a JSON list")
@@ -40,8 +39,11 @@ def register(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here: every command builds this parser, only this one needs the checks.
+    from mtproxy.ops.doctor import DEFAULT_TIME_URL, Level, Probe, Result, diagnose, render, worst
+
     try:
-        time_url = cv.url(args.time_url)
+        time_url = cv.url(args.time_url or DEFAULT_TIME_URL)
     except ValueError as exc:
         raise ConfigError("--time-url", str(exc)) from None
     try:
