@@ -32,7 +32,7 @@ from mtproxy.proxy.direct import DirectUpstreams
 from mtproxy.proxy.server import ProxyServer
 from mtproxy.proxy.sockets import ListenError, listen_error, listening_socket
 from mtproxy.proxy.upstream import UpstreamsFactory
-from mtproxy.publicip import detect_public_ip, local_outbound_ip
+from mtproxy.publicip import link_host
 from mtproxy.state import StateError, load_or_create_secrets
 
 log = logging.getLogger("mtproxy")
@@ -52,9 +52,10 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 def ensure_secrets(settings: Settings) -> Settings:
     """Use the configured secrets, else the stored ones, else generate and store one.
 
-    Named users bring their own secrets; then nothing is generated.
+    Named users of the configuration bring their own secrets; then nothing is generated
+    (users added through the management API do not replace the stored secret).
     """
-    if settings.secrets or settings.users:
+    if settings.secrets or settings.file_users:
         return settings
     try:
         keys, created = load_or_create_secrets(settings.data_dir)
@@ -136,20 +137,6 @@ def bind_listeners(settings: Settings, *, reuse_port: bool = False) -> list[sock
     if not socks:
         raise ListenError("no address could be bound; pass --listen HOST:PORT")
     return socks
-
-
-async def link_host(settings: Settings) -> str:
-    if settings.public_host:
-        return settings.public_host
-    detected = await detect_public_ip(settings.ip_services)
-    if detected:
-        return detected
-    fallback = local_outbound_ip() or "127.0.0.1"
-    log.warning(
-        "could not detect the public IP address; links use %s (pass --public-host to set it)",
-        fallback,
-    )
-    return fallback
 
 
 def format_links(settings: Settings, host: str, port: int) -> str:

@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
 import urllib.request
 from collections.abc import Sequence
+
+from mtproxy.config.settings import Settings
+
+log = logging.getLogger("mtproxy")
 
 
 def _fetch(url: str, timeout: float) -> str | None:
@@ -59,3 +64,18 @@ def local_outbound_ip(family: int = socket.AF_INET) -> str | None:
             return host
     except OSError:
         return None
+
+
+async def link_host(settings: Settings) -> str:
+    """The host the links name: --public-host, else detected, else a local guess."""
+    if settings.public_host:
+        return settings.public_host
+    detected = await detect_public_ip(settings.ip_services)
+    if detected:
+        return detected
+    fallback = local_outbound_ip() or "127.0.0.1"
+    log.warning(
+        "could not detect the public IP address; links use %s (pass --public-host to set it)",
+        fallback,
+    )
+    return fallback

@@ -18,7 +18,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mtproxy.cli import links, run, secrets
+    from mtproxy.cli import doctor, links, run, secrets
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     secrets.register(sub)
     links.register(sub)
+    doctor.register(sub)
     sub.add_parser(
         "entrypoint", add_help=False,
         help="start like the official container (SECRET, TAG, ... and -H/-p/-S flags)",

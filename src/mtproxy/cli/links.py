@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings, add_arguments, load_settings
 from mtproxy.errors import FatalError
+from mtproxy.ops.bound import BOUND_FILE, read_bound
 from mtproxy.protocol.secret import ClientSecret, Mode, links_for
 from mtproxy.qr import encode
 from mtproxy.state import StateError, read_secrets
@@ -44,7 +46,8 @@ def register(sub: Any) -> None:
     )
     add_arguments(parser)
     parser.add_argument("--port", metavar="PORT",
-                        help="port in the links (default: the first --listen port, else 443)")
+                        help="port in the links (default: the first --listen port, else the port "
+                        "mtproxy run bound, else 443)")
     parser.add_argument("--no-qr", action="store_true", help="links only, no QR codes")
     parser.add_argument("--qr-invert", action="store_true",
                         help="draw QR codes for a light terminal background (default: dark)")
@@ -95,15 +98,31 @@ def secrets_for_links(settings: Settings) -> Settings:
     return replace(settings, secrets=tuple(ClientSecret(k, Mode.CLASSIC) for k in stored))
 
 
-def link_port(settings: Settings, given: str | None) -> int:
+def link_port(settings: Settings, given: str | None) -> tuple[int, str | None]:
+    """The port for the links, and a note saying where it came from (None: it was given).
+
+    An explicit --port or --listen port wins; else the port ``mtproxy run`` recorded
+    as bound (443 may have become 8443 without root); else 443, said to be a guess.
+    """
     if given is not None:
         try:
-            return int(cv.int_range(1, 65535)(given))
+            return int(cv.int_range(1, 65535)(given)), None
         except ValueError as exc:
             raise ConfigError("--port", str(exc)) from None
-    if settings.listen_given and settings.listen:
-        return settings.listen[0][1]
-    return DEFAULT_PORT
+    if settings.listen_given and settings.listen and settings.listen[0][1] != 0:
+        return settings.listen[0][1], None
+    path = settings.data_dir / BOUND_FILE
+    bound = read_bound(settings.data_dir)
+    if bound is not None:
+        state = "running" if bound.running else "not running now"
+        return bound.listen[0][1], (
+            f"port {bound.listen[0][1]} is where mtproxy run (pid {bound.pid}, {state}) "
+            f"listens, from {path}; pass --port to override"
+        )
+    return DEFAULT_PORT, (
+        f"port {DEFAULT_PORT} is a guess: no --port or --listen, and no {path} from a "
+        "running proxy; pass --port, or start the proxy first"
+    )
 
 
 def format_links_with_qr(
@@ -121,12 +140,15 @@ def format_links_with_qr(
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtproxy.app import link_host, setup_logging
+    from mtproxy.app import setup_logging
+    from mtproxy.publicip import link_host
 
     settings = load_settings(vars(args), args.config)
     setup_logging(settings.log_level)
     settings = secrets_for_links(settings)
-    port = link_port(settings, args.port)
+    port, note = link_port(settings, args.port)
+    if note is not None:
+        print(f"mtproxy: {note}", file=sys.stderr)
     host = asyncio.run(link_host(settings))
     for line in format_links_with_qr(
         settings, host, port, qr=not args.no_qr, invert=args.qr_invert

@@ -73,11 +73,39 @@ def float_range(low: float, high: float | None = None) -> Converter:
     return convert
 
 
-def endpoint(value: Any) -> Endpoint:
+def host_problem(text: str) -> str | None:
+    """Why ``text`` is neither an IP address nor a DNS host name, or None when it is one.
+
+    A name whose last label is all digits ("5", "1.2.3") is refused as well: resolvers
+    and browsers read such a name as a malformed IPv4 address, never as a host.
+    """
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:
-        return parse_endpoint(as_str(value), allow_port_zero=True)
+        ipaddress.ip_address(bare)
+        return None
+    except ValueError:
+        pass
+    name = bare.rstrip(".") if bare.endswith(".") and not bare.endswith("..") else bare
+    if not is_valid_domain(name):
+        return f"{text!r} is neither an IP address nor a host name"
+    if name.rsplit(".", 1)[-1].isdigit():
+        return f"{text!r} is not a valid IP address, and a host name cannot end in a number"
+    return None
+
+
+def _checked(ep: Endpoint, fix: str) -> Endpoint:
+    problem = host_problem(ep[0])
+    if problem is not None:
+        raise ValueError(f"{problem}; {fix}")
+    return ep
+
+
+def endpoint(value: Any) -> Endpoint:
+    fix = "write HOST:PORT, e.g. 0.0.0.0:443 or [::]:443"
+    try:
+        return _checked(parse_endpoint(as_str(value), allow_port_zero=True), fix)
     except DcSpecError as exc:
-        raise ValueError(f"{exc}; write HOST:PORT, e.g. 0.0.0.0:443 or [::]:443") from None
+        raise ValueError(f"{exc}; {fix}") from None
 
 
 def optional_endpoint(default_port: int) -> Converter:
@@ -87,19 +115,22 @@ def optional_endpoint(default_port: int) -> Converter:
         text = as_str(value).strip()
         if text.lower() in ("", "off", "none", "no"):
             return None
+        fix = "write HOST:PORT, e.g. www.example.com:443, or off"
         try:
-            return parse_endpoint(text, default_port)
+            return _checked(parse_endpoint(text, default_port), fix)
         except DcSpecError as exc:
-            raise ValueError(f"{exc}; write HOST:PORT, or off") from None
+            raise ValueError(f"{exc}; {fix}") from None
 
     return convert
 
 
 def dc_override(value: Any) -> tuple[int, Endpoint]:
+    fix = "write ID=HOST:PORT, e.g. 2=149.154.167.51:443"
     try:
-        return parse_dc_override(as_str(value))
+        dc_id, ep = parse_dc_override(as_str(value))
     except DcSpecError as exc:
-        raise ValueError(f"{exc}; write ID=HOST:PORT, e.g. 2=149.154.167.51:443") from None
+        raise ValueError(f"{exc}; {fix}") from None
+    return dc_id, _checked(ep, fix)
 
 
 def secret_key(value: Any) -> ClientSecret:
@@ -128,7 +159,7 @@ def modes(value: Any) -> frozenset[Mode]:
 
 def domain(value: Any) -> str:
     text = as_str(value).strip().lower().rstrip(".")
-    if not is_valid_domain(text):
+    if not is_valid_domain(text) or text.rsplit(".", 1)[-1].isdigit():
         raise ValueError(f"{value!r} is not a domain name; write e.g. www.example.com")
     return text
 
@@ -141,12 +172,22 @@ def host(value: Any) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
-    if not is_valid_domain(text):
-        raise ValueError(
-            f"{value!r} is neither an IP address nor a host name; "
-            "write e.g. 203.0.113.5 or proxy.example.com"
-        )
+    problem = host_problem(text)
+    if problem is not None:
+        raise ValueError(f"{problem}; write e.g. 203.0.113.5 or proxy.example.com")
     return text
+
+
+def _url_host(text: str, fix: str) -> None:
+    try:
+        name = urlsplit(text).hostname
+    except ValueError:
+        name = None
+    if not name:
+        raise ValueError(f"{text!r} has no host; {fix}")
+    problem = host_problem(name)
+    if problem is not None:
+        raise ValueError(f"{text!r}: {problem}; {fix}")
 
 
 def path(value: Any) -> Path:
@@ -161,8 +202,10 @@ def path(value: Any) -> Path:
 
 def url(value: Any) -> str:
     text = as_str(value).strip()
+    fix = "write e.g. https://api.ipify.org"
     if not text.startswith(("http://", "https://")):
-        raise ValueError(f"{text!r} is not an http(s) URL; write e.g. https://api.ipify.org")
+        raise ValueError(f"{text!r} is not an http(s) URL; {fix}")
+    _url_host(text, fix)
     return text
 
 
@@ -191,6 +234,7 @@ def socks_url(value: Any) -> str | None:
         port = None
     if not parsed.hostname or port is None or port == 0:
         raise ValueError(f"{text!r} needs a host and a port; {fix}")
+    _url_host(text, fix)
     return text
 
 
@@ -227,6 +271,7 @@ def source(value: Any) -> str:
                 f"{raw!r} is neither an http(s) URL nor a file path; write e.g. "
                 "https://core.telegram.org/getProxyConfig or /etc/mtproxy/proxy-multi.conf"
             )
+        _url_host(raw, "write e.g. https://core.telegram.org/getProxyConfig")
         return raw
     return str(path(raw))
 
@@ -245,3 +290,16 @@ def nat_info(value: Any) -> tuple[str, str]:
             "10.0.0.5:203.0.113.7"
         ) from None
     return str(pair[0]), str(pair[1])
+
+
+def api_token(value: Any) -> str | None:
+    """A bearer token: at least 16 printable characters without spaces; '' for none."""
+    text = as_str(value).strip()
+    if not text:
+        return None
+    if len(text) < 16 or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError(
+            "the token must be 16 or more printable characters without spaces; "
+            "generate one with: openssl rand -hex 24"
+        )
+    return text

@@ -18,7 +18,13 @@ from typing import Any
 
 from mtproxy.config import convert as cv
 from mtproxy.config.errors import ConfigError
-from mtproxy.config.users import UserConfig, check_unique, user_entry
+from mtproxy.config.users import (
+    UserConfig,
+    check_unique,
+    load_overlay,
+    merge_users,
+    user_entry,
+)
 from mtproxy.protocol.dc import Endpoint
 from mtproxy.protocol.errors import SecretError
 from mtproxy.protocol.secret import ClientSecret, Mode, parse_hex32
@@ -88,7 +94,14 @@ class Settings:
     proxy_protocol: bool = False
     socks5: str | None = None
     shutdown_grace: float = 20.0
+    #: Named users: the configuration's, with the management API's overlay applied.
     users: tuple[UserConfig, ...] = ()
+    #: The configuration's users before the overlay (None: same as ``users``).
+    config_users: tuple[UserConfig, ...] | None = None
+    #: The management API's address (None: no API).
+    api: Endpoint | None = None
+    #: Its bearer token; None means the data directory's ``api-token`` file.
+    api_token: str | None = None
     # -- middle-proxy mode ---------------------------------------------------------------
     tag: str | None = None
     middle_proxy: bool = False
@@ -101,6 +114,11 @@ class Settings:
     middle_min_connections: int | None = None
     middle_max_connections: int | None = None
     middle_client_queue: int = 4 * 1024 * 1024
+
+    @property
+    def file_users(self) -> tuple[UserConfig, ...]:
+        """The configuration's own users (without the management API's)."""
+        return self.config_users if self.config_users is not None else self.users
 
     @property
     def secret_keys(self) -> list[bytes]:
@@ -228,6 +246,11 @@ OPTIONS: list[Option] = [
     Option("shutdown_grace", ("--shutdown-grace",), cv.float_range(0, 3600), "on SIGTERM, "
            "seconds sessions may drain before they are closed (default 20)",
            metavar="SECONDS"),
+    Option("api", ("--api",), cv.optional_endpoint(2399), "serve the management API "
+           "(JSON over HTTP, token required) here, e.g. 127.0.0.1:2399 (default: off)",
+           metavar="HOST:PORT"),
+    Option("api_token", ("--api-token",), cv.api_token, "the API's bearer token (default: "
+           "the data directory's api-token file, created when missing)", metavar="TOKEN"),
     Option("users", (), user_entry, "named users with limits ([[users]] tables; TOML only)",
            toml="users", repeat=True),
     Option("tag", ("--tag", "-P"), cv.optional_text, "ad tag from @MTProxybot (32 hex "
@@ -278,11 +301,25 @@ def _convert(opt: Option, raw: Any, where: str) -> Any:
         if opt.repeat:
             items = raw if isinstance(raw, list) else [raw]
             if opt.field == "dc" and isinstance(raw, dict):
-                items = [f"{k}={v}" for k, v in raw.items()]
+                items = _dc_table(raw)
             return [opt.convert(item) for item in items]
         return opt.convert(raw)
     except ValueError as exc:
         raise ConfigError(where, str(exc)) from None
+
+
+def _dc_table(raw: dict[str, Any]) -> list[str]:
+    """``[dc]`` as a table: each value a "HOST:PORT" string or a list of them."""
+    items: list[str] = []
+    for key, value in raw.items():
+        for one in value if isinstance(value, list) else [value]:
+            if not isinstance(one, str):
+                raise ValueError(
+                    f"DC {key}: expected \"HOST:PORT\", got {type(one).__name__} {one!r}; "
+                    f"write it in quotes, e.g. {key} = \"149.154.167.51:443\""
+                )
+            items.append(f"{key}={one}")
+    return items
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -344,7 +381,18 @@ def finish(values: dict[str, Any], base: Settings) -> Settings:
     if "proxy_config_v6" in kwargs:
         kwargs["proxy_config_v6_given"] = True
     settings = replace(base, **kwargs)
+    overlay = load_overlay(settings.data_dir)
+    if overlay.users or overlay.removed:
+        settings = replace(
+            settings, users=merge_users(settings.users, overlay), config_users=settings.users
+        )
     return _derive(settings)
+
+
+def with_users(settings: Settings, users: tuple[UserConfig, ...]) -> Settings:
+    """The same settings with another user list (the management API's changes), checked
+    like a loaded file: unique names and secrets, fake-TLS domains of ee secrets."""
+    return _derive(replace(settings, users=users, config_users=settings.file_users))
 
 
 def _derive(s: Settings) -> Settings:

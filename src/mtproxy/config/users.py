@@ -3,18 +3,29 @@
 Configuration only; enforcement lives in
 :mod:`mtproxy.ops.limits`. Converters raise ``ValueError("problem; fix")`` like the
 rest of :mod:`mtproxy.config.convert`.
+
+Users changed through the management API live in ``users.json`` in the data
+directory, an overlay on the configuration file's users: an entry there replaces the
+file's user of the same name (or adds one), a name under ``removed`` hides the file's
+user. The file is the API's; the TOML file is never rewritten (it may be read-only,
+shared, or carry comments an operator wants kept).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import difflib
+import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mtproxy.config import convert as cv
+from mtproxy.config.errors import ConfigError
 from mtproxy.protocol.secret import ClientSecret
+from mtproxy.state import atomic_write
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]?i?b?)\s*", re.IGNORECASE)
@@ -23,7 +34,7 @@ for _i, _p in enumerate("kmgtp", 1):
     _UNITS[_p] = _UNITS[_p + "b"] = 1000**_i
     _UNITS[_p + "i"] = _UNITS[_p + "ib"] = 1024**_i
 
-USER_KEYS = ("name", "secret", "max_connections", "max_ips", "quota", "expires")
+USER_KEYS = ("name", "secret", "max_connections", "max_ips", "quota", "expires", "disabled")
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class UserConfig:
     quota: int | None = None
     #: Unix time after which the user is refused and their sessions are closed.
     expires: float | None = None
+    #: Refused, and their sessions closed, until enabled again (kept with its counters).
+    disabled: bool = False
 
     @property
     def limited(self) -> bool:
@@ -114,6 +127,7 @@ def user_entry(value: Any) -> UserConfig:
             max_ips=_opt(value, "max_ips", cv.int_range(1)),
             quota=_opt(value, "quota", byte_size),
             expires=_opt(value, "expires", expiry),
+            disabled=bool(_opt(value, "disabled", cv.as_bool)),
         )
     except ValueError as exc:
         raise ValueError(f"user {name!r}: {exc}") from None
@@ -142,3 +156,77 @@ def check_unique(users: tuple[UserConfig, ...], anonymous: tuple[ClientSecret, .
             )
         names.add(user.name)
         keys.add(user.secret.key)
+
+
+# -- the API's overlay -----------------------------------------------------------------------
+
+USERS_FILE = "users.json"
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What the management API changed: users it added or replaced, names it removed."""
+
+    users: Mapping[str, UserConfig]
+    removed: frozenset[str] = frozenset()
+
+
+def user_to_entry(user: UserConfig) -> dict[str, Any]:
+    """The ``[[users]]`` table (as JSON) that :func:`user_entry` reads back to ``user``."""
+    entry: dict[str, Any] = {"name": user.name, "secret": str(user.secret)}
+    for key in ("max_connections", "max_ips", "quota"):
+        value = getattr(user, key)
+        if value is not None:
+            entry[key] = value
+    if user.expires is not None:
+        moment = dt.datetime.fromtimestamp(user.expires, dt.UTC)
+        entry["expires"] = moment.isoformat().replace("+00:00", "Z")
+    if user.disabled:
+        entry["disabled"] = True
+    return entry
+
+
+def load_overlay(data_dir: Path) -> Overlay:
+    path = data_dir / USERS_FILE
+    fix = "fix it, or delete it to drop the API's changes"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Overlay({})
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(str(path), f"unreadable ({exc}); {fix}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("users", []), list):
+        raise ConfigError(str(path), f"not a users file; {fix}")
+    users: dict[str, UserConfig] = {}
+    for item in raw.get("users", []):
+        try:
+            user = user_entry(item)
+        except ValueError as exc:
+            raise ConfigError(str(path), f"{exc}; {fix}") from None
+        users[user.name] = user
+    removed = raw.get("removed", [])
+    if not isinstance(removed, list) or not all(isinstance(n, str) for n in removed):
+        raise ConfigError(str(path), f"'removed' is not a list of names; {fix}")
+    return Overlay(users, frozenset(removed))
+
+
+def save_overlay(data_dir: Path, overlay: Overlay) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half of either."""
+    body = {
+        "users": [user_to_entry(u) for u in sorted(overlay.users.values(), key=lambda u: u.name)],
+        "removed": sorted(overlay.removed),
+    }
+    atomic_write(data_dir / USERS_FILE, (json.dumps(body, indent=1) + "\n").encode())
+
+
+def merge_users(config: Sequence[UserConfig], overlay: Overlay) -> tuple[UserConfig, ...]:
+    """The file's users in their order, replaced or hidden by the overlay; then the API's own."""
+    out: list[UserConfig] = []
+    seen: set[str] = set()
+    for user in config:
+        seen.add(user.name)
+        if user.name in overlay.removed and user.name not in overlay.users:
+            continue
+        out.append(overlay.users.get(user.name, user))
+    out.extend(u for name, u in overlay.users.items() if name not in seen)
+    return tuple(out)

@@ -156,6 +156,8 @@ def refusal(state: UserState, now: float) -> str | None:
         return "removed"
     if config is None:
         return None
+    if config.disabled:
+        return "disabled"
     if config.expires is not None and now >= config.expires:
         return "expired"
     if config.quota is not None and state.relayed >= state.stats.bytes_limit:
@@ -215,6 +217,15 @@ class Ledger:
 
     def used(self, user: str) -> int:
         return self.base.get(user, 0) + sum(r.get(user, 0) for r in self.reported.values())
+
+    def reset(self, user: str) -> None:
+        """Start the user's quota over: what was relayed so far no longer counts.
+
+        Workers report cumulative counts, so the base absorbs (negatively) what they
+        reported; their next reports count from zero again.
+        """
+        self.base[user] = -sum(r.get(user, 0) for r in self.reported.values())
+        self.dirty = True
 
     def drop_worker(self, worker: int) -> None:
         """A worker exited: its sessions are gone, its bytes stay counted."""

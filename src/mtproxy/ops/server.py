@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mtproxy.config.settings import Settings
+from mtproxy.ops.bound import write_bound
 from mtproxy.ops.limits import Ledger, UserRegistry, UserState, load_usage, refusal, save_usage
 from mtproxy.ops.socks import Socks5
 from mtproxy.protocol.dc import Endpoint
@@ -38,7 +39,9 @@ QUOTA_SYNC = 0.25
 #: How often usage is written to the data directory.
 SAVE_EVERY = 10.0
 #: Settings that only a restart can change.
-RESTART_ONLY = ("listen", "workers", "stats", "buffer_size", "backlog", "data_dir")
+RESTART_ONLY = (
+    "listen", "workers", "stats", "buffer_size", "backlog", "data_dir", "api", "api_token"
+)
 
 
 class LedgerClient(Protocol):
@@ -138,6 +141,8 @@ class OpsServer(ProxyServer):
         self.socks = Socks5(settings.socks5) if settings.socks5 else None
         for state in self.registry.states.values():
             self._schedule_expiry(state)
+            if state.config is not None and state.config.disabled and not state.removed:
+                self._close_all(state, "disabled")
         return added, removed
 
     def apply(self, settings: Settings) -> list[str]:
@@ -175,8 +180,11 @@ class OpsServer(ProxyServer):
 
     def _expire(self, state: UserState) -> None:
         state.expiry_timer = None
+        self._close_all(state, "expired")
+
+    def _close_all(self, state: UserState, why: str) -> None:
         if state.sessions:
-            log.info("user %s expired; closing %d sessions", state.name, len(state.sessions))
+            log.info("user %s %s; closing %d sessions", state.name, why, len(state.sessions))
         for client in list(state.sessions):
             client.close()
 
@@ -330,6 +338,8 @@ class OpsServer(ProxyServer):
         if self.registry.named():
             await self.sync_quotas()
         await super().start()
+        if self.worker_index is None:  # under a supervisor, the supervisor records them
+            write_bound(self.settings.data_dir, self.addresses)
         self._sync_task = self.loop.create_task(self._sync_loop())
 
     async def stop(self, grace: float = 0.0) -> None:

@@ -14,7 +14,9 @@ The supervisor also: serves the stats port (asking every worker for a snapshot
 and summing them), owns the ledger that makes per-user limits exact across
 workers, re-reads the configuration on SIGHUP and sends it to the workers (a file
 that does not load changes nothing), and turns SIGTERM/SIGINT into a drain of every
-worker.
+worker. Workers drain on a stop signal of their own too (a process-group kill
+reaches them directly) but never force on one: a forced stop is the supervisor's
+order, sent on the control channel when the operator signals again.
 """
 
 from __future__ import annotations
@@ -36,23 +38,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtproxy.config.settings import Settings
+from mtproxy.ops.api import ApiServer
+from mtproxy.ops.bound import write_bound
 from mtproxy.ops.control import LENGTH, MAX_MESSAGE, Channel, Message
 from mtproxy.ops.limits import Ledger, load_usage, save_usage
 from mtproxy.ops.replay_shared import SharedReplayCache, create_region
-from mtproxy.ops.runtime import Reloader, StopSignal, reload_now
+from mtproxy.ops.runtime import Reloader, StopSignal, force_close, reload_now, start_api
 from mtproxy.ops.server import RESTART_ONLY, OpsServer
 from mtproxy.ops.snapshot import Snapshot, merge, take
 from mtproxy.ops.stats_server import DEFAULT_ALLOW, StatsServer, StatsView
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.proxy.sockets import listening_socket
+from mtproxy.publicip import link_host
 
 log = logging.getLogger("mtproxy.workers")
 
 ENV = "MTPROXY_WORKER_FDS"
 READY_TIMEOUT = 60.0
 STATS_TIMEOUT = 2.0
+#: How long a worker may take to apply the API's change before the answer goes out.
+APPLY_TIMEOUT = 5.0
 SNAPSHOT_EVERY = 5.0
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
+#: Seconds past the drain's grace after which the supervisor kills workers still running.
+KILL_AFTER_GRACE = 10.0
 _RETIRED_COUNTERS = (
     "connections_total", "bytes_from_clients", "bytes_to_clients", "upstream_connects",
     "upstream_failures", "masked", "accept_refused", "proxy_protocol_errors", "quota_closed",
@@ -159,6 +168,8 @@ class WorkerLink:
         self.channel: Channel | None = None
         self.ledger: RemoteLedger | None = None
         self.lost = asyncio.Event()
+        #: Settings the supervisor sent while the server was starting.
+        self.pending: Settings | None = None
 
     def read_settings(self) -> Settings:
         """The first message, read before any event loop exists (it says which loop)."""
@@ -183,17 +194,28 @@ class WorkerLink:
     async def _handle(self, message: Message) -> Message | None:
         op = message.get("op")
         server = self.server
+        if op == "reload" and server is None:  # still starting: apply once started
+            self.pending = decode_settings(str(message["settings"]))
+            return {"ok": True}
         if server is None:
             return None
         if op == "stats":
             return {"snapshot": take(server)}
         if op == "reload":
             settings = decode_settings(str(message["settings"]))
-            reload_now(server, lambda: settings)
+            return {"ok": reload_now(server, lambda: settings)}
+        if op == "sync":  # the ledger changed (a quota reset): learn it now
+            await server.sync_quotas()
+            return {"ok": True}
+        if op == "force":  # the operator's second stop signal, relayed by the supervisor
+            force_close(server)()
         return None
 
     def started(self, server: OpsServer) -> None:
         self.server = server
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            reload_now(server, lambda: pending)
         assert self.channel is not None
         self.channel.send({"op": "ready", "pid": os.getpid()})
 
@@ -237,6 +259,7 @@ class Supervisor:
         self.stop_requested = asyncio.Event()
         self.stopper: StopSignal | None = None
         self.stats: StatsServer | None = None
+        self.api: ApiServer | None = None
         self.retired: Snapshot | None = None
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -433,6 +456,7 @@ class Supervisor:
             if stopper.requested.is_set():
                 raise RuntimeError("stopped while the workers were starting")
             raise RuntimeError("workers did not start; see the log above")
+        write_bound(self.settings.data_dir, self.endpoints)
         if self.settings.stats is not None:
             self.stats = StatsServer(self.settings.stats, self.collect, self.settings.stats_allow)
             try:
@@ -444,34 +468,79 @@ class Supervisor:
             else:
                 host, port = self.stats.address
                 log.info("stats on http://%s/stats and /metrics", f"{host}:{port}")
+        self.api = await start_api(self.settings, self)
 
     @property
     def addresses(self) -> list[Endpoint]:
         """Where clients connect (what a ``ready`` callback reads)."""
         return list(self.endpoints)
 
-    def reload(self) -> None:
+    def _reread(self) -> Settings | str:
+        """The configuration read again, restart-only settings kept; or the problem."""
         if self.reloader is None:
-            log.warning("SIGHUP: this proxy was started without a configuration to reload")
-            return
+            return "this proxy was started without a configuration to reload"
         try:
             settings = self.reloader()
         except Exception as exc:  # a reload must never kill the supervisor
-            log.error("reload failed, workers keep the running configuration: %s", exc)
-            return
+            return str(exc)
         for name in RESTART_ONLY:
             if getattr(settings, name) != getattr(self.settings, name):
                 log.warning("%s changed; restart to apply it", name)
+        return settings
+
+    def _adopt(self, settings: Settings) -> Message:
         keep = {name: getattr(self.settings, name) for name in RESTART_ONLY}
         self.settings = dataclasses.replace(settings, **keep)
         if self.stats is not None:
             self.stats.allow = tuple(settings.stats_allow) or DEFAULT_ALLOW
-        message = {"op": "reload", "settings": encode_settings(self.settings)}
+        return {"op": "reload", "settings": encode_settings(self.settings)}
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration again and send it to every worker."""
+        got = self._reread()
+        if isinstance(got, str):
+            if self.reloader is None:
+                log.warning("SIGHUP: %s", got)
+            else:
+                log.error("reload failed, workers keep the running configuration: %s", got)
+            return
+        message = self._adopt(got)
         for worker in self.workers:
             if worker.channel is not None:
                 with contextlib.suppress(ConnectionError):
                     worker.channel.send(message)
         log.info("configuration reloaded; sent to %d workers", len(self.workers))
+
+    # -- the management API's backend ---------------------------------------------------
+
+    async def _ask_all(self, message: Message) -> int:
+        """Send a request to every worker; how many answered ok."""
+        asks = [w.channel.ask(message, APPLY_TIMEOUT) for w in self.workers
+                if w.channel is not None]  # fmt: skip
+        replies = await asyncio.gather(*asks, return_exceptions=True)
+        return sum(isinstance(r, dict) and bool(r.get("ok")) for r in replies)
+
+    async def apply(self, settings: Settings) -> int:
+        """Switch every worker to ``settings`` (the API's change); the count that did."""
+        return await self._ask_all(self._adopt(settings))
+
+    async def reread(self) -> str | None:
+        got = self._reread()
+        if isinstance(got, str):
+            return got
+        await self.apply(got)
+        return None
+
+    async def reset_quota(self, name: str) -> None:
+        self.ledger.reset(name)
+        self._save()
+        await self._ask_all({"op": "sync"})
+
+    async def view(self) -> StatsView:
+        return await self.collect()
+
+    async def link_host(self) -> str:
+        return await link_host(self.settings)
 
     def _signal_all(self, sig: int) -> None:
         for worker in self.workers:
@@ -479,9 +548,28 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.send_signal(sig)
 
+    def _force(self) -> None:
+        """The operator's second stop signal: workers close their sessions now.
+
+        Workers ignore repeated signals (a process-group kill reaches them too), so the
+        order travels on the control channel; a worker without one is killed.
+        """
+        log.info("second stop signal: workers close their sessions now")
+        for worker in self.workers:
+            proc = worker.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            try:
+                if worker.channel is None:
+                    raise ConnectionError("no control channel")
+                worker.channel.send({"op": "force"})
+            except ConnectionError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+
     async def run(self, stopper: StopSignal) -> int:
         loop = asyncio.get_running_loop()
-        stopper.force = lambda: self._signal_all(signal.SIGTERM)  # workers: second signal
+        stopper.force = self._force
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         saver = loop.create_task(self._save_loop())
         waiters = [loop.create_task(stopper.requested.wait()),
@@ -518,7 +606,7 @@ class Supervisor:
         self._signal_all(signal.SIGTERM)
         procs = [w.proc for w in self.workers if w.proc is not None]
         try:
-            async with asyncio.timeout(self.settings.shutdown_grace + 10):
+            async with asyncio.timeout(self.settings.shutdown_grace + KILL_AFTER_GRACE):
                 await asyncio.gather(*(p.wait() for p in procs))
         except TimeoutError:
             log.warning("workers still running after the grace period; killing them")
@@ -533,6 +621,8 @@ class Supervisor:
         self._save()
         if self.stats is not None:
             await self.stats.close()
+        if self.api is not None:
+            await self.api.close()
         for sock in self.first_sockets or ():
             sock.close()
         os.close(self.replay_fd)
