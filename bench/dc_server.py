@@ -91,10 +91,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--source-bytes", type=int, default=1 << 30)
+    parser.add_argument("--host", action="append", help="address to listen on (repeatable; "
+                        "default 127.0.0.1)")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: DcProtocol(args.source_bytes), "127.0.0.1", args.port, backlog=4096
+        lambda: DcProtocol(args.source_bytes), args.host or ["127.0.0.1"], args.port,
+        backlog=4096,
     )
     print("ready", flush=True)
     async with server:
