@@ -480,7 +480,8 @@ async def direct_bench(args: argparse.Namespace) -> None:
             ], port))
         dc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "dc_server.py"), "--host", DC2_V4,
-             "--host", DC3_V4, "--port", "443", "--source-bytes", str(args.bytes)], stdout=subprocess.DEVNULL,
+             "--host", DC3_V4, "--port", "443", "--source-bytes", str(args.bytes)],
+            stdout=subprocess.DEVNULL,
         )
         try:
             time.sleep(1.0)
