@@ -27,6 +27,7 @@ from ipaddress import ip_address
 from typing import cast
 
 from mtproxy.protocol.rpc import (
+    HAVE_FAST_CRC32C,
     CloseConn,
     CloseExt,
     Handshake,
@@ -39,6 +40,7 @@ from mtproxy.protocol.rpc import (
     derive_keys,
     parse_message,
 )
+from mtproxy.protocol.rpc.constants import RPCF_USE_CRC32C
 
 ECHO, SOURCE, SINK, END = b"BENCHECH", b"BENCHSRC", b"BENCHSNK", b"BENCHEND"
 DOWN, UP = b"BENCHDWN", b"BENCHUPL"
@@ -72,8 +74,12 @@ class MeProtocol(asyncio.Protocol):
                 payloads.extend(self.codec.feed(b""))
             elif self.stage == 1:
                 hello = Handshake.decode(payload)
-                reply = Handshake(0, ProcessId(), hello.sender_pid)
+                # Like Telegram's middle-proxies, agree to CRC32C when asked (if it is
+                # fast here too).
+                crc32c = bool(hello.flags & RPCF_USE_CRC32C) and HAVE_FAST_CRC32C
+                reply = Handshake(RPCF_USE_CRC32C if crc32c else 0, ProcessId(), hello.sender_pid)
                 out.append(self.codec.encode_flush(reply.encode()))
+                self.codec.set_crc32c(crc32c)
                 self.stage = 2
             else:
                 out.append(self._on_message(payload))

@@ -124,7 +124,7 @@ class LoadClient(asyncio.Protocol):
         self.encryptor, self.decryptor = hs.encryptor, hs.decryptor
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.expect: list[bytes | int] = []  # per request in flight: answer or (upload) crc
+        self.expect: list[bytes] = []  # per request in flight: the answer expected
         self.on_answer: Callable[[], None] = lambda: None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.tag = 0
@@ -422,7 +422,7 @@ async def middle_bench(args: argparse.Namespace) -> None:
              "--secret-file", str(secret)], stdout=subprocess.DEVNULL,
         )
         try:
-            wait_port(me_port, cast("subprocess.Popen[bytes]", me))
+            wait_port(me_port, me)
             with started(proxies, tmp):
                 await asyncio.sleep(2.0)  # the RPC connections' handshakes
                 selected = [c for c in cases() if c.key in args.rows.split(",")]

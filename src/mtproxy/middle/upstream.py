@@ -24,11 +24,9 @@ from mtproxy.middle.pool import MePools, NoRouteError
 from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.errors import FramingError
 from mtproxy.protocol.framing import (
-    PACKET_OVERHEAD_MAX,
     Framing,
     PacketSplitter,
     encode_packet,
-    encode_packet_into,
     encode_quickack,
 )
 from mtproxy.protocol.handshake import Accepted
@@ -89,24 +87,46 @@ def request_tail(
 
 
 class AnswerBuffer:
-    """Where big answers are framed for their client, reused: a fresh megabyte per
-    answer would cost more in page faults than the crypto does."""
+    """Frames answers for their clients where they lie, in the decrypted RPC frame.
 
-    __slots__ = ("buf",)
+    The client's length header goes into the 16 bytes of RPC_PROXY_ANS head before the
+    data, and the padding of dd clients into the frame's CRC after it (checked
+    already), so an answer reaches the client's cipher without a copy: a fresh buffer
+    per big answer would cost more in page faults than the crypto does.
+    """
 
-    #: Smaller answers are framed in a new bytes object, which costs nothing much.
-    THRESHOLD = 64 * 1024
+    __slots__ = ("length", "rng")
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        import random
 
-    def frame(self, framing: Framing, payload: memoryview) -> memoryview:
-        """The framed packet, valid until the next call."""
-        need = len(payload) + PACKET_OVERHEAD_MAX
-        if len(self.buf) < need:
-            self.buf = bytearray(need)
-        size = encode_packet_into(framing, payload, self.buf)
-        return memoryview(self.buf)[:size]
+        #: Padding needs no secrecy: it is encrypted with the rest of the client's
+        #: stream (the official server takes it from lrand48).
+        self.rng = random.Random()
+        self.length = struct.Struct("<I")
+
+    def frame(self, framing: Framing, frame: memoryview) -> memoryview:
+        """The packet framed for the client: a view into ``frame`` (an RPC frame holding
+        an RPC_PROXY_ANS, the data at ``frame[24:-4]``), or a copy if it is read-only."""
+        size = len(frame) - 28
+        if frame.readonly:
+            return memoryview(encode_packet(framing, frame[24 : 24 + size]))
+        end = 24 + size
+        if framing is Framing.INTERMEDIATE:
+            self.length.pack_into(frame, 20, size)
+            return frame[20:end]
+        if framing is Framing.ABRIDGED:
+            words = size >> 2
+            if words < 0x7F:
+                frame[23] = words
+                return frame[23:end]
+            self.length.pack_into(frame, 20, words << 8 | 0x7F)
+            return frame[20:end]
+        pad = self.rng.getrandbits(2)
+        self.length.pack_into(frame, 20, size + pad)
+        if pad:
+            frame[end : end + pad] = self.rng.randbytes(pad)
+        return frame[20 : end + pad]
 
 
 def _address(name: tuple[str, int], fallback: IPAddress) -> tuple[IPAddress, int]:
@@ -178,7 +198,7 @@ class MiddleUpstream:
             return
         if not packets:
             return
-        base, tail, pack = self.base_flags, self.tail, _REQ_HEAD.pack
+        base, tail, send_request = self.base_flags, self.tail, link.send_request
         sent = 0
         for payload, quickack in packets:
             size = len(payload)
@@ -194,9 +214,10 @@ class MiddleUpstream:
                 flags = base
             if quickack:
                 flags |= FLAG_QUICKACK
-            link.send_request(pack(RPC_PROXY_REQ, flags) + tail, payload)
+            # The packet is copied into the link's queue here, so it may be a view.
+            send_request((_REQ_HEAD.pack(RPC_PROXY_REQ, flags), tail, payload))
             sent += 1
-        self.reader.release()  # every packet is encrypted into the link's queue by now
+        self.reader.release()
         if sent:
             link.flush()
         stats = self.stats
@@ -224,21 +245,13 @@ class MiddleUpstream:
 
     # -- middle-proxy -> client (the link's LinkClient protocol) ---------------------------
 
-    def answer(self, payload: memoryview) -> None:
+    def answer(self, frame: memoryview) -> None:
         if self.client_blocked and self._over_limit():
             return
-        if not payload:
-            return
-        try:
-            if len(payload) < AnswerBuffer.THRESHOLD:
-                framed: bytes | memoryview = encode_packet(self.framing, payload)
-            else:
-                framed = self.answers.frame(self.framing, payload)
-        except FramingError as exc:
-            log.debug("client %s: unframeable answer: %s", self.client.peername, exc)
+        if len(frame) <= 28:  # no data
             return
         self.stats.me_answers += 1
-        self.client.send_plain(framed)
+        self.client.send_plain(self.answers.frame(self.framing, frame))
 
     def quickack(self, confirm: bytes) -> None:
         if self.client_blocked and self._over_limit():
