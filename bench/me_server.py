@@ -81,6 +81,7 @@ class MeProtocol(asyncio.Protocol):
                 out.append(self.codec.encode_flush(reply.encode()))
                 self.codec.set_crc32c(crc32c)
                 self.stage = 2
+                payloads.extend(self.codec.feed(b""))
             else:
                 out.append(self._on_message(payload))
         self.transport.write(b"".join(out) + self.codec.flush())

@@ -101,6 +101,8 @@ class RpcClient:
             raise ValueError("nonce must be 16 bytes")
         self._request_crc32c = request_crc32c
         self._codec = RpcCodec(max_frame_len=max_frame_len, pool=buffer_pool)
+        if request_crc32c:
+            self._codec.hold_after_handshake()
         self._state = RpcClientState.NEW
         self._out: list[bytes] = []
         # Once ready, every message is framed as plaintext into one batch buffer and
@@ -271,6 +273,7 @@ class RpcClient:
                 payloads.extend(self._codec.feed(b""))
             elif self._state is RpcClientState.HANDSHAKE_SENT:
                 self._on_handshake(payload)
+                payloads.extend(self._codec.feed(b""))
             else:
                 message = parse_message(payload)
                 if isinstance(message, Ping):

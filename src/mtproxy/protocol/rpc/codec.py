@@ -74,7 +74,10 @@ class RpcCodec:
     CRC32C (negotiated in RPC_HANDSHAKE) applies only to frames with seq >= 0 in
     both directions, which matches when the official peers switch (right after
     the handshake frames): enable it with :meth:`set_crc32c` as soon as it is
-    agreed, before or after the handshake reply.
+    agreed, before or after the handshake reply. A side that asked for it calls
+    :meth:`hold_after_handshake` first: :meth:`feed` then returns nothing past the
+    peer's handshake frame, so frames that arrived with it are checked only after
+    the caller's ``set_crc32c``, at its next ``feed(b"")``.
 
     Any :class:`RpcError` leaves the codec failed; every later call raises again.
     """
@@ -101,6 +104,7 @@ class RpcCodec:
         self._handed_out: list[bytearray] = []
         self._awaiting_keys = False
         self._crc32c = False
+        self._hold_after_handshake = False
         self._failure: str | None = None
 
     # --- state --------------------------------------------------------------
@@ -139,6 +143,10 @@ class RpcCodec:
     def buffered(self) -> int:
         """Received bytes not yet returned as payloads (partial frames, held ciphertext)."""
         return len(self._plain) + len(self._held) + self._frame_filled
+
+    def hold_after_handshake(self) -> None:
+        """Stop :meth:`feed` after the peer's handshake frame, once (see the class doc)."""
+        self._hold_after_handshake = True
 
     def set_crc32c(self, enabled: bool = True) -> None:
         """Use CRC32C instead of CRC32 for frames with seq >= 0, both directions."""
@@ -513,6 +521,11 @@ class RpcCodec:
                 self._awaiting_keys = True
                 self._held += buf[pos:]
                 pos = end
+                break
+            if seq == FIRST_SEQ + 1 and self._hold_after_handshake:
+                # The handshake frame may switch the checksum of the frames after it
+                # (set_crc32c): leave them for the next call.
+                self._hold_after_handshake = False
                 break
         del buf[:pos]
         return out
