@@ -279,9 +279,8 @@ class MeLink(asyncio.BufferedProtocol):
         """Queue one message given in pieces (copied right away, so they may be views
         of a buffer the caller reuses); the caller ends its batch with :meth:`flush`."""
         rpc = self.rpc
-        if self.closed or rpc is None or not rpc.ready:
-            return
-        rpc.send_parts(parts)
+        if rpc is not None and not self.closed and rpc.ready:
+            rpc.send_parts(parts)
 
     def flush(self) -> None:
         """Write what is queued at the end of this loop iteration, together with what

@@ -179,7 +179,7 @@ class RpcClient:
 
     def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         """Queue one message given in pieces; they are copied before this returns."""
-        if not self.ready:
+        if self._state is not RpcClientState.READY:
             raise ValueError(f"cannot send in state {self._state.value}")
         self._fill = self._codec.append(self._batch, self._fill, parts)
 

@@ -257,34 +257,32 @@ class RpcCodec:
                ) -> int:
         """Frame one message given in pieces into ``batch`` from offset ``fill``, growing
         it as needed; returns the new fill. Encrypted by :meth:`seal`."""
-        self._check_alive()
+        if self._failure is not None:
+            self._check_alive()
         size = 0
         for part in parts:
             size += len(part)
-        if size < 4 or size % 4:
-            raise ValueError(f"RPC payload must be a non-empty multiple of 4 bytes, got {size}")
         length = size + FRAME_OVERHEAD
-        if length > self._max_frame_len:
+        if size < 4 or size & 3 or length > self._max_frame_len:
+            if size < 4 or size % 4:
+                raise ValueError(
+                    f"RPC payload must be a non-empty multiple of 4 bytes, got {size}"
+                )
             raise ValueError(f"frame of {length} bytes exceeds the limit {self._max_frame_len}")
         end = fill + length
         if len(batch) < end + _BATCH_ROOM:
             batch.extend(bytes(max(end + _BATCH_ROOM - len(batch), len(batch))))
         seq = self._out_seq
-        self._out_seq = _next_seq(seq)
+        self._out_seq = seq + 1 if seq < 0x7FFFFFFF else -0x80000000
         _HEAD.pack_into(batch, fill, length, seq)
+        crc_fn = crc32c_update if self._crc32c and seq >= 0 else zlib.crc32
+        crc = crc_fn(_HEAD.pack(length, seq), 0)
         pos = fill + 8
         for part in parts:
             n = len(part)
             batch[pos : pos + n] = part
+            crc = crc_fn(part, crc)
             pos += n
-        view = memoryview(batch)
-        try:
-            if self._crc32c and seq >= 0:
-                crc = crc32c_update(view[fill:pos], 0)
-            else:
-                crc = zlib.crc32(view[fill:pos])
-        finally:
-            view.release()
         _U32.pack_into(batch, pos, crc)
         return end
 
