@@ -34,6 +34,9 @@ class MiddleOptions:
     request_crc32c: bool = HAVE_FAST_CRC32C
     #: Send PAD for dd clients (ALX, ERL, TMT do; the official server strips it).
     forward_pad: bool = True
+    #: Seconds between attempts to load the proxy list while there is none (the
+    #: clients are served directly meanwhile); the usual refresh period once there is.
+    config_retry: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MiddleOptions:

@@ -17,7 +17,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Final
 
 from mtproxy.middle.addresses import AddressMap, parse_ip
-from mtproxy.middle.config_source import ConfigSource, MiddleConfigError
+from mtproxy.middle.config_source import ConfigSource, MiddleConfig, MiddleConfigError
 from mtproxy.middle.link import MeLink
 from mtproxy.middle.options import MiddleOptions
 from mtproxy.middle.pool import MePools, NoRouteError
@@ -327,12 +327,32 @@ class MiddleUpstreams:
         )
         self._refresher: asyncio.Task[None] | None = None
         self.answers = AnswerBuffer()
+        # Direct mode for DCs whose middle-proxies cannot be had (see middle/fallback.py).
+        from mtproxy.middle.fallback import DirectFallback
+        from mtproxy.proxy.direct import DirectUpstreams
+
+        self.fallback = DirectFallback(
+            self.pools, enabled=settings.middle_fallback, after=settings.middle_fallback_after
+        )
+        self.direct = DirectUpstreams(server)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the proxy list and secret (MiddleConfigError if there is none at all)."""
-        config = await self.source.load()
+        """Load the proxy list and secret; without any, MiddleConfigError unless the
+        fallback serves clients directly meanwhile."""
+        try:
+            config = await self.source.load()
+        except MiddleConfigError as exc:
+            if not self.fallback.enabled:
+                raise
+            log.warning("%s; serving clients directly, without the ad tag, until it can be "
+                        "had (--no-middle-fallback fails instead)", exc)
+        else:
+            self._apply_first(config)
+        self._refresher = self.server.loop.create_task(self._refresh_loop())
+
+    def _apply_first(self, config: MiddleConfig) -> None:
         self.pools.apply(config)
         table = config.config
         log.info(
@@ -340,7 +360,10 @@ class MiddleUpstreams:
             " with ad tag" if self.ad_tag else "",
             len(self.pools.pools), len(table.dcs), table.default_dc,
         )
-        self._refresher = self.server.loop.create_task(self._refresh_loop())
+
+    def health(self) -> dict[str, object]:
+        """Per middle-proxy address and per DC, for /stats and /metrics."""
+        return {"targets": self.pools.health(), **self.fallback.health()}
 
     async def refresh(self) -> bool:
         """Fetch again now; apply a changed list. True if something changed."""
@@ -349,6 +372,10 @@ class MiddleUpstreams:
         if config == self.pools.config:
             return False
         old = self.pools.config
+        if old is None:
+            self._apply_first(config)
+            log.info("Telegram's proxy list is here: new clients go through middle-proxies")
+            return True
         self.pools.apply(config)
         if old is not None and old.secret != config.secret:
             log.info("Telegram's proxy secret changed; new connections use the new one")
@@ -357,7 +384,10 @@ class MiddleUpstreams:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.proxy_config_refresh)
+            delay = self.settings.proxy_config_refresh
+            if self.pools.config is None:  # serving directly: try sooner
+                delay = min(delay, self.options.config_retry)
+            await asyncio.sleep(delay)
             try:
                 await self.refresh()
             except MiddleConfigError as exc:  # only if nothing was ever loaded
@@ -381,9 +411,18 @@ class MiddleUpstreams:
     async def _attach(self, client: ClientConnection, accepted: Accepted) -> None:
         hello = accepted.client
         stats = self.server.stats
+        fallback = self.fallback
+        if fallback.bypass(hello.dc_id):
+            fallback.served_directly(hello.dc_id)
+            await self.direct.open(client, accepted)
+            return
         try:
             link = await self.pools.acquire(hello.dc_id, self.options.connect_timeout)
         except (NoRouteError, TimeoutError) as exc:
+            if not client.closed and fallback.bypass(hello.dc_id):
+                fallback.served_directly(hello.dc_id)
+                await self.direct.open(client, accepted)
+                return
             client.upstream_failed(str(exc))
             return
         if client.closed:
