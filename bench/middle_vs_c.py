@@ -35,6 +35,7 @@ import contextlib
 import os
 import random
 import resource
+import shlex
 import socket
 import statistics
 import struct
@@ -464,7 +465,8 @@ async def direct_bench(args: argparse.Namespace) -> None:
                 f"PORT = {port}\nUSERS = {{'bench': '{SECRET.hex()}'}}\n"
                 "MODES = {'classic': True, 'secure': True, 'tls': False}\n"
                 "LISTEN_ADDR_IPV4 = '127.0.0.1'\nLISTEN_ADDR_IPV6 = None\n"
-                "PREFER_IPV6 = False\nMASK = False\nFAST_MODE = True\n"
+                # FAST_MODE (its download pass-through) off: both proxies re-encrypt.
+                "PREFER_IPV6 = False\nMASK = False\nFAST_MODE = False\n"
                 "STATS_PRINT_PERIOD = 86400\nMETRICS_PORT = None\n"
             )
             proxies.append(Proxy("alexbers (uvloop)", [sys.executable, args.alx, str(conf)],
@@ -478,11 +480,15 @@ async def direct_bench(args: argparse.Namespace) -> None:
                 "3600", "--stats", "off", "--data-dir", str(tmp / f"data-{loop}"),
                 "--dc", f"2={DC2_V4}:443", "--dc", f"3={DC3_V4}:443",
             ], port))
-        dc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "dc_server.py"), "--host", DC2_V4,
-             "--host", DC3_V4, "--port", "443", "--source-bytes", str(args.bytes)],
-            stdout=subprocess.DEVNULL,
-        )
+        # alexbers' proxy does not tell the DC its id: one fake per address instead.
+        fakes = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "dc_server.py"), "--host", host,
+                 "--port", "443", "--source-bytes", str(args.bytes), "--force-mode", mode],
+                stdout=subprocess.DEVNULL,
+            )
+            for host, mode in ((DC2_V4, "2"), (DC3_V4, "3"))
+        ]
         try:
             time.sleep(1.0)
             with started(proxies, tmp):
@@ -495,8 +501,9 @@ async def direct_bench(args: argparse.Namespace) -> None:
                             proxy.results.setdefault(kind, []).append(value)
                     print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
         finally:
-            dc.terminate()
-            dc.wait()
+            for fake in fakes:
+                fake.terminate()
+                fake.wait()
     reference = proxies[0] if args.alx else None
     table(f"direct mode, median of {args.rounds} alternating runs ({args.bytes >> 20} MiB per "
           "run, 1 client; ratio to alexbers/mtprotoproxy)", proxies,
@@ -530,7 +537,6 @@ async def direct_transfer(proxy: Proxy, kind: str, total: int) -> float:
             writer.write(hs.encryptor.update(block))
             await writer.drain()
             sent += len(block)
-        writer.write_eof()
         count = hs.decryptor.update(await reader.readexactly(8))
         if struct.unpack("<Q", count)[0] != total:
             raise RuntimeError(f"{proxy.name}: upload count {count!r}, sent {total}")
@@ -547,8 +553,8 @@ def in_namespace(argv: list[str]) -> bool:
     script = (
         "ip link set lo up && "
         + " && ".join(f"ip addr add {ip}/32 dev lo" for ip in ALX_DC_ADDRESSES)
-        + f' && exec "{sys.executable}" "{__file__}" --in-namespace ' + " ".join(
-            f"'{a}'" for a in argv)
+        + f' && exec "{sys.executable}" "{__file__}" --in-namespace '
+        + " ".join(shlex.quote(a) for a in argv)
     )
     return subprocess.call(["unshare", "-n", "sh", "-c", script]) == 0
 
@@ -591,8 +597,8 @@ def main() -> int:
         if args.in_namespace:
             asyncio.run(direct_bench(args))
         elif args.alx:
-            argv = [a for a in sys.argv[1:] if a not in ("--mode", "middle", "both")]
-            argv += ["--mode", "direct", "--alx", args.alx]
+            argv = ["--mode", "direct", "--alx", args.alx, "--bytes", str(args.bytes),
+                    "--rounds", str(args.rounds), "--loops", args.loops]
             if not in_namespace(argv):
                 print("direct-mode comparison needs root for unshare -n", file=sys.stderr)
                 return 1
