@@ -24,11 +24,15 @@ SHARED = memoryview(bytearray(CHUNK))  # one receive buffer for all connections
 
 
 class DcProtocol(asyncio.BufferedProtocol):
-    def __init__(self, source_bytes: int) -> None:
+    def __init__(self, source_bytes: int, force_mode: int = 0) -> None:
+        self.force_mode = force_mode
         self.header = bytearray()
         self.mode = 0
         self.count = 0
         self.source_left = source_bytes
+        self.expect = source_bytes
+        self.reported = False
+        self.encryptor = Cipher(algorithms.AES(bytes(32)), modes.CTR(bytes(16))).encryptor()
         self.transport: asyncio.Transport | None = None
         self.paused = False
 
@@ -50,7 +54,9 @@ class DcProtocol(asyncio.BufferedProtocol):
             hdr = bytes(self.header)
             dec = Cipher(algorithms.AES(hdr[8:40]), modes.CTR(hdr[40:56])).encryptor()
             plain = dec.update(hdr)
-            self.mode = struct.unpack("<h", plain[60:62])[0]
+            self.mode = self.force_mode or struct.unpack("<h", plain[60:62])[0]
+            back = hdr[8:56][::-1]  # our sending key: the header's key and IV reversed
+            self.encryptor = Cipher(algorithms.AES(back[:32]), modes.CTR(back[32:48])).encryptor()
             if self.mode == 2:
                 self._pump()
         assert self.transport is not None
@@ -60,6 +66,10 @@ class DcProtocol(asyncio.BufferedProtocol):
             self.transport.write(bytes(data))
         elif self.mode == 3:
             self.count += len(data)
+            if self.count >= self.expect and not self.reported:
+                # A proxy that does not pass the client's EOF on still gets its answer.
+                self.reported = True
+                self.transport.write(self.encryptor.update(struct.pack("<Q", self.count)))
 
     def _pump(self) -> None:
         assert self.transport is not None
@@ -81,8 +91,8 @@ class DcProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         assert self.transport is not None
-        if self.mode == 3:
-            self.transport.write(struct.pack("<Q", self.count))
+        if self.mode == 3 and not self.reported:
+            self.transport.write(self.encryptor.update(struct.pack("<Q", self.count)))
         self.transport.close()
         return False
 
@@ -91,10 +101,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--source-bytes", type=int, default=1 << 30)
+    parser.add_argument("--host", action="append", help="address to listen on (repeatable; "
+                        "default 127.0.0.1)")
+    parser.add_argument("--force-mode", type=int, default=0, help="behave as this DC id "
+                        "whatever the header says (proxies that do not send the DC id)")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: DcProtocol(args.source_bytes), "127.0.0.1", args.port, backlog=4096
+        lambda: DcProtocol(args.source_bytes, args.force_mode), args.host or ["127.0.0.1"],
+        args.port,
+        backlog=4096,
     )
     print("ready", flush=True)
     async with server:

@@ -7,7 +7,11 @@ MTProto packet has its auth_key_id, so the proxy forwards it as an encrypted one
 - ``BENCHECH``: echo the packet back;
 - ``BENCHSRC`` + u64 n + u32 last: answer with n bytes (a file part; the client keeps a
   few requests in flight, as apps do), then RPC_CLOSE_EXT if ``last``;
-- ``BENCHSNK``: count the packet's bytes; ``BENCHEND``: answer with the count.
+- ``BENCHSNK``: count the packet's bytes; ``BENCHEND``: answer with the count;
+- ``BENCHDWN`` + 8-byte tag + u32 n: answer with n bytes, the tag then :data:`PATTERN`
+  from offset 16, so the client can check every byte (bench/middle_vs_c.py);
+- ``BENCHUPL`` + 8-byte tag + anything: answer with 64 bytes, the tag, the CRC32 and the
+  length of the whole packet, so the client can check that every byte arrived.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import struct
 import time
+import zlib
 from ipaddress import ip_address
 from typing import cast
 
 from mtproxy.protocol.rpc import (
+    HAVE_FAST_CRC32C,
     CloseConn,
     CloseExt,
     Handshake,
@@ -33,10 +40,15 @@ from mtproxy.protocol.rpc import (
     derive_keys,
     parse_message,
 )
+from mtproxy.protocol.rpc.constants import RPCF_USE_CRC32C
 
 ECHO, SOURCE, SINK, END = b"BENCHECH", b"BENCHSRC", b"BENCHSNK", b"BENCHEND"
+DOWN, UP = b"BENCHDWN", b"BENCHUPL"
 PART = 1024 * 1024
 ZEROS = bytes(PART)
+#: What BENCHDWN answers carry after their tag; the client holds the same bytes.
+PATTERN = random.Random(20261205).randbytes(PART)
+_UP_ANSWER = struct.Struct("<8sII48x")
 
 
 class MeProtocol(asyncio.Protocol):
@@ -62,9 +74,14 @@ class MeProtocol(asyncio.Protocol):
                 payloads.extend(self.codec.feed(b""))
             elif self.stage == 1:
                 hello = Handshake.decode(payload)
-                reply = Handshake(0, ProcessId(), hello.sender_pid)
+                # Like Telegram's middle-proxies, agree to CRC32C when asked (if it is
+                # fast here too).
+                crc32c = bool(hello.flags & RPCF_USE_CRC32C) and HAVE_FAST_CRC32C
+                reply = Handshake(RPCF_USE_CRC32C if crc32c else 0, ProcessId(), hello.sender_pid)
                 out.append(self.codec.encode_flush(reply.encode()))
+                self.codec.set_crc32c(crc32c)
                 self.stage = 2
+                payloads.extend(self.codec.feed(b""))
             else:
                 out.append(self._on_message(payload))
         self.transport.write(b"".join(out) + self.codec.flush())
@@ -93,6 +110,13 @@ class MeProtocol(asyncio.Protocol):
             kind = data[:8]
             if kind == ECHO:
                 return self.codec.encode(ProxyAns(0, message.conn_id, data).encode())
+            if kind == DOWN:
+                (size,) = struct.unpack_from("<I", data, 16)
+                answer = data[8:16] + PATTERN[16:max(16, size)]
+                return self.codec.encode(ProxyAns(0, message.conn_id, answer).encode())
+            if kind == UP:
+                answer = _UP_ANSWER.pack(data[8:16], zlib.crc32(data), len(data))
+                return self.codec.encode(ProxyAns(0, message.conn_id, answer).encode())
             if kind == SOURCE:
                 size, last = struct.unpack_from("<QI", data, 8)
                 return self._part(message.conn_id, size, bool(last))

@@ -231,6 +231,10 @@ CASES: dict[str, Case] = {
     "middle_client_queue": ints(
         "--middle-client-queue", "middle_client_queue", 64 * 1024, 1 << 30
     ),
+    "middle_fallback": switch("--middle-fallback", "middle_fallback"),
+    "middle_fallback_after": floats(
+        "--middle-fallback-after", "middle_fallback_after", 0, 86400
+    ),
 }
 
 #: Options whose command-line value cannot be wrong, only warned about.

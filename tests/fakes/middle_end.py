@@ -400,6 +400,8 @@ class FakeMiddleEnd:
                         self._fail(conn, f"undecodable handshake data ({exc}); keys differ?")
             elif not conn.ready:
                 self._on_handshake(conn, payload)
+                if not conn.closed:  # frames after the handshake use the agreed CRC
+                    payloads.extend(conn.codec.feed(b""))
             else:
                 self._on_message(conn, payload)
         self._notify()

@@ -97,10 +97,11 @@ async def test_bad_tag_warns_and_runs_direct(tmp_path: Path) -> None:
 
 @pytest.mark.timeout_s(60)
 async def test_no_proxy_list_anywhere_is_one_clear_line(tmp_path: Path) -> None:
+    """With the direct fallback off (it is on by default: tests/middle/test_fallback.py)."""
     port, dead = free_port(), free_port()
     args = [
         *base_args(port, tmp_path / "data"),
-        "--middle-proxy",
+        "--middle-proxy", "--no-middle-fallback",
         "--proxy-config", f"http://127.0.0.1:{dead}/getProxyConfig",
         "--proxy-secret", f"http://127.0.0.1:{dead}/getProxySecret",
     ]

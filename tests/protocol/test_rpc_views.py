@@ -137,3 +137,63 @@ def test_client_receive_raw_answers_nothing_itself() -> None:
     assert client.data_to_send() == b""
     client.send_parts([Pong(5).encode()[:4], memoryview(Pong(5).encode())[4:]])
     assert server.codec.feed(client.data_to_send()) == [Pong(5).encode()]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+@given(payloads, st.lists(st.integers(0, 2400), max_size=6), st.lists(st.booleans(), max_size=10),
+       st.booleans())
+def test_batch_append_seal_equals_encode(
+    messages: list[bytes], cut_points: list[int], seals: list[bool], crc32c_on: bool
+) -> None:
+    """The relay's batch (plaintext framed in place, encrypted at once) decodes to the
+    same messages as encode(); padding may fall elsewhere, which the reader skips."""
+    batched, _ = pair(crc32c_on)
+    _, receiver = pair(crc32c_on)
+    batch, fill, wire = bytearray(), 0, bytearray()
+    for i, message in enumerate(messages):
+        cuts = [c % (len(message) + 1) for c in cut_points]
+        fill = batched.append(batch, fill, [memoryview(p) for p in split(message, cuts)])
+        if i < len(seals) and seals[i]:
+            wire += batch[: batched.seal(batch, fill)]
+            fill = 0
+    wire += batch[: batched.seal(batch, fill)]
+    assert len(wire) % 16 == 0
+    assert receiver.feed(bytes(wire)) == messages
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+@given(payloads, st.lists(st.integers(0, 30000), max_size=25), st.booleans())
+def test_feed_frames_with_shared_scratch(
+    messages: list[bytes], cuts: list[int], crc32c_on: bool
+) -> None:
+    """Whole writable frames decrypted into one scratch buffer that another connection
+    also uses between calls."""
+    sender, receiver = pair(crc32c_on)
+    other_tx, other = pair(False)
+    stream = b"".join(sender.encode(m) for m in messages) + sender.flush()
+    scratch = bytearray(40000)
+    got: list[bytes] = []
+    for chunk in split(stream, cuts):
+        for frame in receiver.feed_frames(chunk, scratch):
+            assert not frame.readonly
+            got.append(bytes(frame[8:-4]))
+            frame[8:12] = b"\xff" * 4  # consumers may scribble on their frame
+        receiver.release()
+        other.feed_frames(other_tx.encode_flush(b"\xee" * 400), scratch)
+    assert got == messages
+    assert receiver.buffered == 0
+
+
+def test_frames_after_the_handshake_reply_use_the_agreed_crc32c() -> None:
+    """A middle-end's handshake reply agreeing to CRC32C and its first messages in one
+    read: those are checked with CRC32C, and a ping among them is answered."""
+    client, server = new_client(request_crc32c=True), MiniServer()
+    client.receive(server.answer_nonce(client.initiate()))
+    server.read_handshake(client.data_to_send())
+    wire = server.codec.encode(good_reply(0x800).encode())
+    server.codec.set_crc32c(True)
+    wire += server.codec.encode_flush(Ping(7).encode(), CloseExt(9).encode())
+    frames = client.receive_frames(wire)
+    assert client.ready and client.crc32c
+    assert [bytes(f[8:-4]) for f in frames] == [CloseExt(9).encode()]
+    assert server.codec.feed(client.data_to_send()) == [Pong(7).encode()]

@@ -114,6 +114,8 @@ class Settings:
     middle_min_connections: int | None = None
     middle_max_connections: int | None = None
     middle_client_queue: int = 4 * 1024 * 1024
+    middle_fallback: bool = True
+    middle_fallback_after: float = 60.0
 
     @property
     def file_users(self) -> tuple[UserConfig, ...]:
@@ -279,6 +281,13 @@ OPTIONS: list[Option] = [
            cv.int_range(64 * 1024, 1 << 30), "answer bytes a client may leave unread before "
            "it alone is dropped (the connection it shares never waits for it)",
            metavar="BYTES"),
+    Option("middle_fallback", ("--middle-fallback",), cv.as_bool, "serve clients directly "
+           "(without the ad tag) while there is no proxy list or a DC's middle-proxies stay "
+           "unreachable, and go back to them on its own (default on; --no-middle-fallback "
+           "makes such clients fail instead)", switch=True),
+    Option("middle_fallback_after", ("--middle-fallback-after",), cv.float_range(0, 86400),
+           "seconds every middle-proxy of a DC must stay unreachable before its new clients "
+           "are served directly (default 60)", metavar="SECONDS"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtproxy.config.settings import Settings
+from mtproxy.protocol.rpc.crc import HAVE_FAST_CRC32C
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,14 @@ class MiddleOptions:
     #: replies to the client's own requests (file parts of up to 1 MiB, several in
     #: flight), so this is a few MiB; the official server allows 32 MiB.
     client_queue_limit: int = 4 * 1024 * 1024
-    #: Ask the middle-proxy for CRC32C frames (ours is pure Python, so no by default).
-    request_crc32c: bool = False
+    #: Ask the middle-proxy for CRC32C frames, as the official server does, when it runs
+    #: in C here (the optional crc32c package); zlib's CRC32 otherwise.
+    request_crc32c: bool = HAVE_FAST_CRC32C
     #: Send PAD for dd clients (ALX, ERL, TMT do; the official server strips it).
     forward_pad: bool = True
+    #: Seconds between attempts to load the proxy list while there is none (the
+    #: clients are served directly meanwhile); the usual refresh period once there is.
+    config_retry: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MiddleOptions:

@@ -57,11 +57,57 @@ class TargetPool:
         self.last_error = ""
         self.retired = False
         self.closed = False
+        #: Loop time since when the address has had no ready connection although we
+        #: tried (None while one is ready, or before the first attempt ended).
+        self.down_since: float | None = None
+        #: Connections that became ready after the pool lost one or failed to connect.
+        self.reconnects = 0
+        self._troubled = False
         self._retry: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future[None]] = []
 
     def __repr__(self) -> str:
         return f"<TargetPool {self.target} links={len(self.links)} pending={self.pending}>"
+
+    # -- health --------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return any(not link.closed for link in self.links)
+
+    def health(self) -> dict[str, object]:
+        """Plain data for /stats and /metrics."""
+        now = self.owner.loop.time()
+        rtts = [link.rtt for link in self.links if link.rtt is not None]
+        return {
+            "target": str(self.target),
+            "ready": int(self.ready),
+            "connections": len(self.links),
+            "clients": sum(len(link.clients) for link in self.links),
+            "reconnects": self.reconnects,
+            "failures": self.failures,
+            "rtt": max(rtts) if rtts else None,
+            "queued": sum(link.queued for link in self.links),
+            "down_seconds": now - self.down_since if self.down_since is not None else 0.0,
+        }
+
+    def _mark_down(self, reason: str) -> None:
+        if self.down_since is None and not self.ready and not (self.closed or self.retired):
+            self.down_since = self.owner.loop.time()
+            log.info("%s is down: %s", self.label, reason)
+
+    def _mark_up(self) -> None:
+        if self.down_since is not None:
+            log.info("%s is up again after %.0f s", self.label,
+                     self.owner.loop.time() - self.down_since)
+            self.down_since = None
+
+    def probe(self) -> None:
+        """Try a connection now if none is open, on the way or waiting for its backoff
+        (a DC whose clients go direct still has to notice its middle-proxies return)."""
+        if self.closed or self.retired or self.links or self.pending or self._retry:
+            return
+        self._spawn()
 
     # -- choosing a connection -----------------------------------------------------------
 
@@ -153,8 +199,12 @@ class TargetPool:
             return
         if self.failures:
             log.info("%s: connected again after %d failed attempts", self.label, self.failures)
+        if self._troubled or self.failures:
+            self.reconnects += 1
+        self._troubled = False
         self.failures = 0
         self.links.append(link)
+        self._mark_up()
         owner.stats.me_connections_active += 1
         owner.recount()
         self._wake()
@@ -186,6 +236,7 @@ class TargetPool:
         self.owner.stats.me_connect_failures += 1
         if self.closed or self.retired:
             return
+        self._mark_down(reason)
         delay = backoff_delay(self.failures, self.owner.options)
         # Loud on the first failure and then at powers of two, quiet in between.
         level = logging.WARNING if self.failures & (self.failures - 1) == 0 else logging.DEBUG
@@ -226,7 +277,11 @@ class TargetPool:
             if not self.links:
                 self.owner.pool_drained(self)
             return
-        log.info("%s: connection lost (%s)", self.label, link.failure or "closed by the peer")
+        reason = link.failure or "closed by the peer"
+        log.info("%s: connection lost (%s)", self.label, reason)
+        self._troubled = True
+        if not self.ready:
+            self._mark_down(f"its last connection was lost ({reason})")
         self._schedule(backoff_delay(self.failures + 1, self.owner.options))
 
     def link_idle(self, link: MeLink) -> None:
@@ -349,6 +404,25 @@ class MePools:
 
     def recount(self) -> None:
         self.stats.me_targets_ready = sum(1 for pool in self.pools.values() if pool.links)
+
+    def health(self) -> list[dict[str, object]]:
+        """Per middle-proxy address: state, connections, reconnects, ping RTT, queue."""
+        return [pool.health() for pool in self.pools.values()]
+
+    def dc_down_for(self, dc: int) -> float | None:
+        """Seconds every middle-proxy of ``dc`` has been unreachable (None while one is
+        ready or still being tried for the first time). Probes them meanwhile."""
+        pools = [self.pools[t] for tier in self.targets_for(dc) for t in tier if t in self.pools]
+        if not pools:
+            return None
+        since = 0.0
+        for pool in pools:
+            if pool.down_since is None:
+                return None
+            since = max(since, pool.down_since)
+        for pool in pools:
+            pool.probe()
+        return self.loop.time() - since
 
     def pool_drained(self, pool: TargetPool) -> None:
         self.draining.discard(pool)

@@ -18,18 +18,17 @@ from typing import Final
 
 from mtproxy.config.settings import Settings
 from mtproxy.middle.addresses import AddressMap, parse_ip
-from mtproxy.middle.config_source import ConfigSource, MiddleConfigError
+from mtproxy.middle.config_source import ConfigSource, MiddleConfig, MiddleConfigError
+from mtproxy.middle.fallback import DirectFallback
 from mtproxy.middle.link import MeLink
 from mtproxy.middle.options import MiddleOptions
 from mtproxy.middle.pool import MePools, NoRouteError
 from mtproxy.protocol.bufferpool import BufferPool
 from mtproxy.protocol.errors import FramingError
 from mtproxy.protocol.framing import (
-    PACKET_OVERHEAD_MAX,
     Framing,
     PacketSplitter,
     encode_packet,
-    encode_packet_into,
     encode_quickack,
 )
 from mtproxy.protocol.handshake import Accepted
@@ -48,6 +47,7 @@ from mtproxy.protocol.rpc.constants import (
     RPC_PROXY_REQ,
     TL_PROXY_TAG,
 )
+from mtproxy.proxy.direct import DirectUpstreams
 from mtproxy.proxy.stats import ProxyStats
 from mtproxy.proxy.upstream import SessionPort, UpstreamHost
 
@@ -87,24 +87,46 @@ def request_tail(
 
 
 class AnswerBuffer:
-    """Where big answers are framed for their client, reused: a fresh megabyte per
-    answer would cost more in page faults than the crypto does."""
+    """Frames answers for their clients where they lie, in the decrypted RPC frame.
 
-    __slots__ = ("buf",)
+    The client's length header goes into the 16 bytes of RPC_PROXY_ANS head before the
+    data, and the padding of dd clients into the frame's CRC after it (checked
+    already), so an answer reaches the client's cipher without a copy: a fresh buffer
+    per big answer would cost more in page faults than the crypto does.
+    """
 
-    #: Smaller answers are framed in a new bytes object, which costs nothing much.
-    THRESHOLD = 64 * 1024
+    __slots__ = ("length", "rng")
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        import random
 
-    def frame(self, framing: Framing, payload: memoryview) -> memoryview:
-        """The framed packet, valid until the next call."""
-        need = len(payload) + PACKET_OVERHEAD_MAX
-        if len(self.buf) < need:
-            self.buf = bytearray(need)
-        size = encode_packet_into(framing, payload, self.buf)
-        return memoryview(self.buf)[:size]
+        #: Padding needs no secrecy: it is encrypted with the rest of the client's
+        #: stream (the official server takes it from lrand48).
+        self.rng = random.Random()
+        self.length = struct.Struct("<I")
+
+    def frame(self, framing: Framing, frame: memoryview) -> memoryview:
+        """The packet framed for the client: a view into ``frame`` (an RPC frame holding
+        an RPC_PROXY_ANS, the data at ``frame[24:-4]``), or a copy if it is read-only."""
+        size = len(frame) - 28
+        if frame.readonly:
+            return memoryview(encode_packet(framing, frame[24 : 24 + size]))
+        end = 24 + size
+        if framing is Framing.INTERMEDIATE:
+            self.length.pack_into(frame, 20, size)
+            return frame[20:end]
+        if framing is Framing.ABRIDGED:
+            words = size >> 2
+            if words < 0x7F:
+                frame[23] = words
+                return frame[23:end]
+            self.length.pack_into(frame, 20, words << 8 | 0x7F)
+            return frame[20:end]
+        pad = self.rng.getrandbits(2)
+        self.length.pack_into(frame, 20, size + pad)
+        if pad:
+            frame[end : end + pad] = self.rng.randbytes(pad)
+        return frame[20 : end + pad]
 
 
 def _address(name: tuple[str, int], fallback: IPAddress) -> tuple[IPAddress, int]:
@@ -176,7 +198,7 @@ class MiddleUpstream:
             return
         if not packets:
             return
-        base, tail, pack = self.base_flags, self.tail, _REQ_HEAD.pack
+        base, tail, send_request = self.base_flags, self.tail, link.send_request
         sent = 0
         for payload, quickack in packets:
             size = len(payload)
@@ -192,9 +214,10 @@ class MiddleUpstream:
                 flags = base
             if quickack:
                 flags |= FLAG_QUICKACK
-            link.send_request(pack(RPC_PROXY_REQ, flags) + tail, payload)
+            # The packet is copied into the link's queue here, so it may be a view.
+            send_request((_REQ_HEAD.pack(RPC_PROXY_REQ, flags), tail, payload))
             sent += 1
-        self.reader.release()  # every packet is encrypted into the link's queue by now
+        self.reader.release()
         if sent:
             link.flush()
         stats = self.stats
@@ -226,21 +249,13 @@ class MiddleUpstream:
 
     # -- middle-proxy -> client (the link's LinkClient protocol) ---------------------------
 
-    def answer(self, payload: memoryview) -> None:
+    def answer(self, frame: memoryview) -> None:
         if self.client_blocked and self._over_limit():
             return
-        if not payload:
-            return
-        try:
-            if len(payload) < AnswerBuffer.THRESHOLD:
-                framed: bytes | memoryview = encode_packet(self.framing, payload)
-            else:
-                framed = self.answers.frame(self.framing, payload)
-        except FramingError as exc:
-            log.debug("client %s: unframeable answer: %s", self.client.peername, exc)
+        if len(frame) <= 28:  # no data
             return
         self.stats.me_answers += 1
-        self.client.send_plain(framed)
+        self.client.send_plain(self.answers.frame(self.framing, frame))
 
     def quickack(self, confirm: bytes) -> None:
         if self.client_blocked and self._over_limit():
@@ -314,12 +329,29 @@ class MiddleUpstreams:
         )
         self._refresher: asyncio.Task[None] | None = None
         self.answers = AnswerBuffer()
+        # Direct mode for DCs whose middle-proxies cannot be had (see middle/fallback.py).
+        self.fallback = DirectFallback(
+            self.pools, enabled=settings.middle_fallback, after=settings.middle_fallback_after
+        )
+        self.direct = DirectUpstreams(server)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the proxy list and secret (MiddleConfigError if there is none at all)."""
-        config = await self.source.load()
+        """Load the proxy list and secret; without any, MiddleConfigError unless the
+        fallback serves clients directly meanwhile."""
+        try:
+            config = await self.source.load()
+        except MiddleConfigError as exc:
+            if not self.fallback.enabled:
+                raise
+            log.warning("%s; serving clients directly, without the ad tag, until it can be "
+                        "had (--no-middle-fallback fails instead)", exc)
+        else:
+            self._apply_first(config)
+        self._refresher = self.server.loop.create_task(self._refresh_loop())
+
+    def _apply_first(self, config: MiddleConfig) -> None:
         self.pools.apply(config)
         table = config.config
         log.info(
@@ -327,7 +359,10 @@ class MiddleUpstreams:
             " with ad tag" if self.ad_tag else "",
             len(self.pools.pools), len(table.dcs), table.default_dc,
         )
-        self._refresher = self.server.loop.create_task(self._refresh_loop())
+
+    def health(self) -> dict[str, object]:
+        """Per middle-proxy address and per DC, for /stats and /metrics."""
+        return {"targets": self.pools.health(), **self.fallback.health()}
 
     async def refresh(self) -> bool:
         """Fetch again now; apply a changed list. True if something changed."""
@@ -336,6 +371,10 @@ class MiddleUpstreams:
         if config == self.pools.config:
             return False
         old = self.pools.config
+        if old is None:
+            self._apply_first(config)
+            log.info("Telegram's proxy list is here: new clients go through middle-proxies")
+            return True
         self.pools.apply(config)
         if old is not None and old.secret != config.secret:
             log.info("Telegram's proxy secret changed; new connections use the new one")
@@ -344,7 +383,10 @@ class MiddleUpstreams:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.proxy_config_refresh)
+            delay = self.settings.proxy_config_refresh
+            if self.pools.config is None:  # serving directly: try sooner
+                delay = min(delay, self.options.config_retry)
+            await asyncio.sleep(delay)
             try:
                 await self.refresh()
             except MiddleConfigError as exc:  # only if nothing was ever loaded
@@ -363,7 +405,8 @@ class MiddleUpstreams:
     # -- sessions ----------------------------------------------------------------------------
 
     def reconfigure(self, settings: Settings) -> None:
-        """A reload changes nothing here: the proxy list has its own refresh."""
+        """The proxy list has its own refresh; a reload only reaches the direct fallback."""
+        self.direct.reconfigure(settings)
 
     def open(
         self, session: SessionPort, accepted: Accepted, passthrough: bool
@@ -373,9 +416,18 @@ class MiddleUpstreams:
     async def _attach(self, client: SessionPort, accepted: Accepted) -> None:
         hello = accepted.client
         stats = self.server.stats
+        fallback = self.fallback
+        if fallback.bypass(hello.dc_id):
+            fallback.served_directly(hello.dc_id)
+            await self.direct.open(client, accepted, False)
+            return
         try:
             link = await self.pools.acquire(hello.dc_id, self.options.connect_timeout)
         except (NoRouteError, TimeoutError) as exc:
+            if not client.closed and fallback.bypass(hello.dc_id):
+                fallback.served_directly(hello.dc_id)
+                await self.direct.open(client, accepted, False)
+                return
             client.upstream_failed(str(exc))
             return
         if client.closed:

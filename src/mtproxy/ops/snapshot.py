@@ -71,11 +71,53 @@ def take(server: OpsServer) -> Snapshot:
         "reloads": server.reloads,
         "draining": int(server.draining),
         "users": users,
+        "middle": middle_health(server),
+    }
+
+
+def middle_health(server: OpsServer) -> dict[str, Any]:
+    """Per middle-proxy address and per DC (empty in direct mode), see MiddleUpstreams."""
+    health = getattr(server.upstreams, "health", None)
+    return dict(health()) if callable(health) else {}
+
+
+def merge_middle(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Workers each keep their own connections to the same addresses: sum what adds up,
+    the worst RTT, the longest outage, ready if any worker is."""
+    targets: dict[str, dict[str, Any]] = {}
+    served: Counter[str] = Counter()
+    direct: set[int] = set()
+    no_config = 0
+    for part in parts:
+        if not part:
+            continue
+        no_config = max(no_config, int(part.get("no_config", 0)))
+        direct.update(part.get("direct_dcs", []))
+        served.update(part.get("served", {}))
+        for target in part.get("targets", []):
+            mine = targets.get(target["target"])
+            if mine is None:
+                targets[target["target"]] = dict(target)
+                continue
+            for key in ("connections", "clients", "reconnects", "failures", "queued"):
+                mine[key] += target[key]
+            mine["ready"] = max(mine["ready"], target["ready"])
+            mine["down_seconds"] = max(mine["down_seconds"], target["down_seconds"])
+            rtts = [r for r in (mine["rtt"], target["rtt"]) if r is not None]
+            mine["rtt"] = max(rtts) if rtts else None
+    if not targets and not served and not no_config:
+        return {}
+    return {
+        "targets": [targets[name] for name in sorted(targets)],
+        "no_config": no_config,
+        "direct_dcs": sorted(direct),
+        "served": dict(served),
     }
 
 
 def merge(parts: Iterable[Snapshot]) -> Snapshot:
     """Sum worker snapshots (gauges add up too: each worker holds its own share)."""
+    parts = list(parts)
     out: Snapshot = {
         "started": float("inf"), "counters": Counter(), "extra": Counter(),
         "handshakes": Counter(), "refused": Counter(), "max_connections": 0,
@@ -108,6 +150,7 @@ def merge(parts: Iterable[Snapshot]) -> Snapshot:
     for user in out["users"].values():
         user["ips"] = dict(user["ips"])
         user["refused"] = dict(user["refused"])
+    out["middle"] = merge_middle(part.get("middle", {}) for part in parts)
     return out
 
 
@@ -168,6 +211,19 @@ def render_tsv(snap: Snapshot, *, pid: int, started: float, workers: list[Snapsh
             lines.append((prefix + f"refused_{reason}", user["refused"][reason]))
         if user["removed"]:
             lines.append((prefix + "removed", 1))
+    middle = snap.get("middle") or {}
+    for target in middle.get("targets", []):
+        prefix = f"middle.{target['target']}."
+        for key in ("ready", "connections", "clients", "reconnects", "failures", "queued"):
+            lines.append((prefix + key, target[key]))
+        if target["rtt"] is not None:
+            lines.append((prefix + "rtt_ms", round(target["rtt"] * 1000, 3)))
+        lines.append((prefix + "down_seconds", int(target["down_seconds"])))
+    if middle:
+        lines.append(("middle_no_config", middle["no_config"]))
+        lines.append(("middle_direct_dcs", ",".join(map(str, middle["direct_dcs"]))))
+        for dc, n in sorted(middle["served"].items()):
+            lines.append((f"middle_direct_clients.{dc}", n))
     for index, worker in enumerate(workers):
         prefix = f"worker.{index}."
         for key in sorted(worker):

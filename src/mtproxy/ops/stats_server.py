@@ -215,6 +215,7 @@ class MetricsCollector(Collector):
         yield refused
         yield from _user_metrics(snap["users"])
         yield from _worker_metrics(view.workers)
+        yield from _middle_metrics(snap.get("middle") or {})
 
 
 def _user_metrics(users: dict[str, Any]) -> Iterable[Any]:
@@ -269,6 +270,71 @@ def _worker_metrics(workers: list[dict[str, Any]]) -> Iterable[Any]:
         restarts.add_metric(label, worker.get("restarts", 0))
         conns.add_metric(label, worker.get("connections_active", 0))
     yield from (up, restarts, conns)
+
+
+def _middle_metrics(middle: dict[str, Any]) -> Iterable[Any]:
+    """Middle-proxy health per address, and the DCs served directly (middle/fallback.py)."""
+    if not middle:
+        return
+    label = ["target"]
+    up = GaugeMetricFamily(
+        "mtproxy_middle_target_up", "1 while the address has a ready RPC connection", labels=label
+    )
+    conns = GaugeMetricFamily(
+        "mtproxy_middle_target_connections", "Ready RPC connections", labels=label
+    )
+    clients = GaugeMetricFamily(
+        "mtproxy_middle_target_clients", "Clients multiplexed over them", labels=label
+    )
+    reconnects = CounterMetricFamily(
+        "mtproxy_middle_target_reconnects", "Connections made again after a loss or failure",
+        labels=label,
+    )
+    failures = GaugeMetricFamily(
+        "mtproxy_middle_target_failed_attempts", "Connection attempts failed in a row",
+        labels=label,
+    )
+    rtt = GaugeMetricFamily(
+        "mtproxy_middle_target_rtt_seconds", "RPC_PING to RPC_PONG, worst ready connection",
+        labels=label,
+    )
+    queued = GaugeMetricFamily(
+        "mtproxy_middle_target_queue_bytes", "Bytes waiting to be sent to the middle-proxy",
+        labels=label,
+    )
+    down = GaugeMetricFamily(
+        "mtproxy_middle_target_down_seconds", "How long the address has been unreachable",
+        labels=label,
+    )
+    for target in middle.get("targets", []):
+        name = [target["target"]]
+        up.add_metric(name, target["ready"])
+        conns.add_metric(name, target["connections"])
+        clients.add_metric(name, target["clients"])
+        reconnects.add_metric(name, target["reconnects"])
+        failures.add_metric(name, target["failures"])
+        if target["rtt"] is not None:
+            rtt.add_metric(name, target["rtt"])
+        queued.add_metric(name, target["queued"])
+        down.add_metric(name, target["down_seconds"])
+    yield from (up, conns, clients, reconnects, failures, rtt, queued, down)
+    yield GaugeMetricFamily(
+        "mtproxy_middle_no_config", "1 while there is no proxy list (clients go direct)",
+        middle.get("no_config", 0),
+    )
+    direct = GaugeMetricFamily(
+        "mtproxy_middle_dc_direct", "1 while the DC's new clients go direct", labels=["dc"]
+    )
+    for dc in middle.get("direct_dcs", []):
+        direct.add_metric([str(dc)], 1)
+    yield direct
+    served = CounterMetricFamily(
+        "mtproxy_middle_direct_clients", "Clients served directly because no middle-proxy "
+        "could be had (no ad tag shown)", labels=["dc"],
+    )
+    for dc, n in sorted(middle.get("served", {}).items()):
+        served.add_metric([str(dc)], n)
+    yield served
 
 
 __all__ = ["DEFAULT_ALLOW", "MetricsCollector", "StatsServer", "StatsView", "allowed"]

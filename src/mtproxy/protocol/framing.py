@@ -21,6 +21,7 @@ MAX_PACKET = 1 << 24
 
 QUICKACK_ABRIDGED = 0x80
 QUICKACK_INTERMEDIATE = 0x80000000
+_U32 = struct.Struct("<I")
 
 
 class Framing(enum.Enum):
@@ -231,18 +232,36 @@ class PacketSplitter:
         view = data if isinstance(data, memoryview) else memoryview(data)
         out: list[PacketView] = []
         pos, end = 0, len(view)
-        self.release()
+        if self._handed_out is not None:
+            self.release()
         if self._filled:
             pos = self._continue(view, out)
             if self._filled:
                 return out
+        # The 4-byte headers inline (this runs per packet); anything odd goes to
+        # parse_header, which raises the proper error.
+        fast = self._framing is not Framing.ABRIDGED
+        padded = self._framing is Framing.PADDED
+        bad = 0x40000000 if padded else 0x40000003
+        limit = self._max
         while pos < end:
-            parsed = self._header(view, pos, end)
-            if parsed is None:
-                self._pending = bytearray(view[pos:])
-                self._filled, self._total = end - pos, 0
-                break
-            head, length, take, quickack = parsed
+            if fast and end - pos >= 4:
+                (raw,) = _U32.unpack_from(view, pos)
+                length = raw & 0x7FFFFFFF
+                take = length & ~3 if padded else length
+                if take > 0 and length <= limit and not length & bad:
+                    head, quickack = 4, raw > 0x7FFFFFFF
+                else:
+                    parsed = self._header(view, pos, end)
+                    assert parsed is not None
+                    head, length, take, quickack = parsed
+            else:
+                parsed = self._header(view, pos, end)
+                if parsed is None:
+                    self._pending = bytearray(view[pos:])
+                    self._filled, self._total = end - pos, 0
+                    break
+                head, length, take, quickack = parsed
             total = head + length
             if end - pos < total:
                 self._start(view[pos:], total)

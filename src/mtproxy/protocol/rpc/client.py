@@ -101,8 +101,14 @@ class RpcClient:
             raise ValueError("nonce must be 16 bytes")
         self._request_crc32c = request_crc32c
         self._codec = RpcCodec(max_frame_len=max_frame_len, pool=buffer_pool)
+        if request_crc32c:
+            self._codec.hold_after_handshake()
         self._state = RpcClientState.NEW
         self._out: list[bytes] = []
+        # Once ready, every message is framed as plaintext into one batch buffer and
+        # encrypted at once when it is taken (see RpcCodec.append / seal).
+        self._batch = bytearray()
+        self._fill = 0
         self._keys: RpcKeys | None = None
         self.sender_pid = ProcessId(
             ip=ProcessId.ip_field(self._local_ip),
@@ -160,23 +166,27 @@ class RpcClient:
 
     def send(self, *messages: RpcMessage) -> None:
         """Queue messages for :meth:`data_to_send`; only once the handshake is done."""
-        if not self.ready:
-            raise ValueError(f"cannot send in state {self._state.value}")
-        for message in messages:
-            self._out.append(self._codec.encode(message.encode()))
+        self.send_payloads(*(message.encode() for message in messages))
 
     def send_payloads(self, *payloads: bytes) -> None:
         """Queue already-encoded message payloads (the relay's hot path skips the objects)."""
         if not self.ready:
             raise ValueError(f"cannot send in state {self._state.value}")
-        encode = self._codec.encode
-        self._out.extend(encode(payload) for payload in payloads)
+        append, batch, fill = self._codec.append, self._batch, self._fill
+        for payload in payloads:
+            fill = append(batch, fill, (payload,))
+        self._fill = fill
 
     def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Queue one message given in pieces; they are encrypted before this returns."""
-        if not self.ready:
+        """Queue one message given in pieces; they are copied before this returns."""
+        if self._state is not RpcClientState.READY:
             raise ValueError(f"cannot send in state {self._state.value}")
-        self._out.extend(self._codec.encode_parts(parts))
+        self._fill = self._codec.append(self._batch, self._fill, parts)
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued for the next :meth:`output`."""
+        return self._fill + sum(len(part) for part in self._out)
 
     def receive_raw(self, data: bytes) -> list[memoryview]:
         """Like :meth:`receive`, but returns undecoded payloads (read-only views).
@@ -197,16 +207,59 @@ class RpcClient:
                 out.append(memoryview(message.encode()))
         return out
 
+    def receive_frames(
+        self, data: bytes | bytearray | memoryview, scratch: bytearray | None = None
+    ) -> list[memoryview]:
+        """Like :meth:`receive_raw`, but whole frames (RpcCodec.feed_frames): the
+        payload is ``frame[8:-4]``, and the frame's bytes may be overwritten. Handshake
+        messages come back wrapped in dummy frames."""
+        if self._state is RpcClientState.READY:
+            try:
+                return self._codec.feed_frames(data, scratch)
+            except RpcError:
+                self._state = RpcClientState.FAILED
+                raise
+        out: list[memoryview] = []
+        for message in self.receive(bytes(data)):
+            if not isinstance(message, Ping):  # receive() already answered it
+                out.append(memoryview(bytearray(8) + message.encode() + bytearray(4)))
+        return out
+
     def release(self) -> None:
         """Done with the views :meth:`receive_raw` returned (see RpcCodec.release)."""
         self._codec.release()
 
+    def output(self) -> bytes | memoryview:
+        """Everything queued so far, encrypted and padded: write it before queueing more.
+
+        Usually a view of the batch buffer, which is reused for the next messages:
+        call :meth:`renew_batch` if the transport kept a reference to it.
+        """
+        if self._state is RpcClientState.FAILED or not self._codec.encrypted:
+            data, self._out = b"".join(self._out), []
+            return data
+        if self._codec.unpadded:
+            self._out.append(self._codec.flush())
+        end = self._codec.seal(self._batch, self._fill) if self._fill else 0
+        self._fill = 0
+        if not self._out:
+            return memoryview(self._batch)[:end]
+        data = b"".join(self._out) + self._batch[:end]
+        self._out = []
+        return data
+
+    def renew_batch(self) -> None:
+        """The last :meth:`output` is still referenced: queue into a new buffer."""
+        self._batch = bytearray()
+
     def data_to_send(self) -> bytes:
         """Everything queued so far (handshake, pongs, sent messages), padded for AES."""
-        if self._codec.encrypted and self._state is not RpcClientState.FAILED:
-            self._out.append(self._codec.flush())
-        data, self._out = b"".join(self._out), []
-        return data
+        out = self.output()
+        if isinstance(out, memoryview):
+            data = bytes(out)
+            out.release()
+            return data
+        return out
 
     # --- internals -----------------------------------------------------------------
 
@@ -220,10 +273,11 @@ class RpcClient:
                 payloads.extend(self._codec.feed(b""))
             elif self._state is RpcClientState.HANDSHAKE_SENT:
                 self._on_handshake(payload)
+                payloads.extend(self._codec.feed(b""))
             else:
                 message = parse_message(payload)
                 if isinstance(message, Ping):
-                    self._out.append(self._codec.encode(message.pong().encode()))
+                    self.send(message.pong())
                 messages.append(message)
         return messages
 

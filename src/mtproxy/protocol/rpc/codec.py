@@ -39,13 +39,18 @@ from mtproxy.protocol.rpc.constants import (
     MIN_FRAME_LEN,
     PADDING_WORD,
 )
-from mtproxy.protocol.rpc.crc import crc32, crc32c, crc32c_pure
+from mtproxy.protocol.rpc.crc import crc32, crc32c, crc32c_update
 from mtproxy.protocol.rpc.errors import RpcError
 from mtproxy.protocol.rpc.keys import RpcKeys
 
 _HEAD: Final = struct.Struct("<ii")
 _U32: Final = struct.Struct("<I")
 _I32: Final = struct.Struct("<i")
+#: Room a decryption output needs beyond its input (``update_into``'s rule for CBC).
+DECRYPT_SLACK: Final = 15
+_PADDING = (b"", PADDING_WORD * 3, PADDING_WORD * 2, PADDING_WORD)
+#: Spare bytes a batch keeps past its messages: up to 12 of padding plus the slack.
+_BATCH_ROOM: Final = 12 + DECRYPT_SLACK
 
 
 def _next_seq(seq: int) -> int:
@@ -69,7 +74,10 @@ class RpcCodec:
     CRC32C (negotiated in RPC_HANDSHAKE) applies only to frames with seq >= 0 in
     both directions, which matches when the official peers switch (right after
     the handshake frames): enable it with :meth:`set_crc32c` as soon as it is
-    agreed, before or after the handshake reply.
+    agreed, before or after the handshake reply. A side that asked for it calls
+    :meth:`hold_after_handshake` first: :meth:`feed` then returns nothing past the
+    peer's handshake frame, so frames that arrived with it are checked only after
+    the caller's ``set_crc32c``, at its next ``feed(b"")``.
 
     Any :class:`RpcError` leaves the codec failed; every later call raises again.
     """
@@ -96,6 +104,7 @@ class RpcCodec:
         self._handed_out: list[bytearray] = []
         self._awaiting_keys = False
         self._crc32c = False
+        self._hold_after_handshake = False
         self._failure: str | None = None
 
     # --- state --------------------------------------------------------------
@@ -104,6 +113,11 @@ class RpcCodec:
     def encrypted(self) -> bool:
         """True once :meth:`start_encryption` was called."""
         return self._encryptor is not None
+
+    @property
+    def unpadded(self) -> bool:
+        """True when :meth:`encode` left a partial AES block that :meth:`flush` pads."""
+        return self._encryptor is not None and self._out_partial != 0
 
     @property
     def crc32c(self) -> bool:
@@ -129,6 +143,10 @@ class RpcCodec:
     def buffered(self) -> int:
         """Received bytes not yet returned as payloads (partial frames, held ciphertext)."""
         return len(self._plain) + len(self._held) + self._frame_filled
+
+    def hold_after_handshake(self) -> None:
+        """Stop :meth:`feed` after the peer's handshake frame, once (see the class doc)."""
+        self._hold_after_handshake = True
 
     def set_crc32c(self, enabled: bool = True) -> None:
         """Use CRC32C instead of CRC32 for frames with seq >= 0, both directions."""
@@ -199,7 +217,7 @@ class RpcCodec:
         if self._crc32c and seq >= 0:
             crc = crc32c(head)
             for part in parts:
-                crc = crc32c_pure(part, crc)
+                crc = crc32c_update(part, crc)
         else:
             crc = zlib.crc32(head)
             for part in parts:
@@ -229,6 +247,65 @@ class RpcCodec:
         parts = [self.encode(payload) for payload in payloads]
         parts.append(self.flush())
         return b"".join(parts)
+
+    # A batch is the relay's way to send: messages are framed as plaintext into one
+    # buffer as they come (a copy, which costs far less than an allocation per piece),
+    # and the whole batch is padded and encrypted in place with one call when it is
+    # written. Nothing may be encoded with encode() between append() and seal().
+
+    def append(self, batch: bytearray, fill: int, parts: Sequence[bytes | bytearray | memoryview]
+               ) -> int:
+        """Frame one message given in pieces into ``batch`` from offset ``fill``, growing
+        it as needed; returns the new fill. Encrypted by :meth:`seal`."""
+        if self._failure is not None:
+            self._check_alive()
+        size = 0
+        for part in parts:
+            size += len(part)
+        length = size + FRAME_OVERHEAD
+        if size < 4 or size & 3 or length > self._max_frame_len:
+            if size < 4 or size % 4:
+                raise ValueError(
+                    f"RPC payload must be a non-empty multiple of 4 bytes, got {size}"
+                )
+            raise ValueError(f"frame of {length} bytes exceeds the limit {self._max_frame_len}")
+        end = fill + length
+        if len(batch) < end + _BATCH_ROOM:
+            batch.extend(bytes(max(end + _BATCH_ROOM - len(batch), len(batch))))
+        seq = self._out_seq
+        self._out_seq = seq + 1 if seq < 0x7FFFFFFF else -0x80000000
+        _HEAD.pack_into(batch, fill, length, seq)
+        crc_fn = crc32c_update if self._crc32c and seq >= 0 else zlib.crc32
+        crc = crc_fn(_HEAD.pack(length, seq), 0)
+        pos = fill + 8
+        for part in parts:
+            n = len(part)
+            batch[pos : pos + n] = part
+            crc = crc_fn(part, crc)
+            pos += n
+        _U32.pack_into(batch, pos, crc)
+        return end
+
+    def seal(self, batch: bytearray, fill: int) -> int:
+        """Pad ``batch[:fill]`` to whole AES blocks and encrypt it in place (``batch``
+        has the room past ``fill`` that :meth:`append` leaves); returns its length.
+
+        Call :meth:`flush` first if :meth:`encode` was used since the last flush."""
+        self._check_alive()
+        encryptor = self._encryptor
+        if encryptor is None or fill == 0:
+            return fill
+        if self._out_partial:
+            raise ValueError("flush() the frames encode() left unpadded before seal()")
+        pad = _PADDING[fill % 16 // 4]
+        end = fill + len(pad)
+        batch[fill:end] = pad
+        view = memoryview(batch)
+        try:
+            encryptor.update_into(view[:end], view[: end + DECRYPT_SLACK])
+        finally:
+            view.release()
+        return end
 
     # --- receiving -------------------------------------------------------------
 
@@ -260,14 +337,36 @@ class RpcCodec:
         or the next call. So the views are valid only until then: use or copy them
         first. Before encryption it falls back to :meth:`feed`.
         """
+        return [frame[8:-4] for frame in self.feed_frames(data)]
+
+    def feed_frames(
+        self, data: bytes | bytearray | memoryview, scratch: bytearray | None = None
+    ) -> list[memoryview]:
+        """Like :meth:`feed_views`, but each view is a whole frame (length, seq, payload,
+        CRC), and writable once encryption is on: a consumer may reuse the frame's own
+        header and CRC bytes around the payload.
+
+        ``scratch`` (at least ``len(data) + DECRYPT_SLACK`` bytes) receives the
+        decrypted bytes instead of a new buffer per call; one scratch can serve every
+        connection of a thread, since views into it are used before the next call.
+        """
         self._check_alive()
         self.release()
         decryptor = self._decryptor
         if decryptor is None or self._awaiting_keys:
-            return [memoryview(payload) for payload in self.feed(data)]
+            out = []
+            for payload in self.feed(bytes(data)):
+                frame = bytearray(8) + payload + bytearray(4)
+                out.append(memoryview(frame))
+            return out
         try:
-            chunk = memoryview(decryptor.update(data)) if data else memoryview(b"")
-            out: list[memoryview] = []
+            if not data:
+                chunk = memoryview(bytearray())
+            elif scratch is not None and len(scratch) >= len(data) + DECRYPT_SLACK:
+                chunk = memoryview(scratch)[: decryptor.update_into(data, scratch)]
+            else:
+                chunk = memoryview(bytearray(decryptor.update(data)))
+            out = []
             if self._frame is not None or self._plain:
                 chunk = self._complete_pending(chunk, out)
                 if self._frame is not None or self._plain:
@@ -318,12 +417,12 @@ class RpcCodec:
             (length,) = _I32.unpack_from(plain)
             if length == 4 or not MIN_FRAME_LEN <= length <= self._max_frame_len or length % 4:
                 # Filler words and bad lengths: let the general parser decide.
-                joined = memoryview(bytes(plain) + chunk)
+                joined = memoryview(bytearray(plain) + chunk)
                 plain.clear()
                 pos = self._parse_views(joined, out)
                 return joined[pos:]
             if len(plain) >= length:  # left over by feed(): whole frames already
-                joined = memoryview(bytes(plain) + chunk)
+                joined = memoryview(bytearray(plain) + chunk)
                 plain.clear()
                 pos = self._parse_views(joined, out)
                 return joined[pos:]
@@ -343,32 +442,44 @@ class RpcCodec:
         return chunk[add:]
 
     def _parse_views(self, buf: memoryview, out: list[memoryview]) -> int:
-        """Append the payloads of the whole frames in ``buf``; return the bytes used."""
+        """Append the whole frames in ``buf``; return the bytes used."""
         pos, end = 0, len(buf)
         max_len = self._max_frame_len
-        while end - pos >= 4:
-            (length,) = _I32.unpack_from(buf, pos)
-            if length <= 0 or length % 4 or length > max_len:
-                raise RpcError(f"bad RPC frame length {length}")
-            if length == 4:
-                pos += 4
-                continue
-            if length < MIN_FRAME_LEN:
-                raise RpcError(f"RPC frame length {length} below the minimum {MIN_FRAME_LEN}")
-            if end - pos < length:
-                break
-            expected_seq = self._in_seq
-            crc_end = pos + length - 4
-            (crc,) = _U32.unpack_from(buf, crc_end)
-            actual = self._checksum(expected_seq, buf[pos:crc_end])
-            if crc != actual:
-                raise RpcError(f"RPC frame CRC mismatch: got {crc:08x}, computed {actual:08x}")
-            (seq,) = _I32.unpack_from(buf, pos + 4)
-            if seq != expected_seq:
-                raise RpcError(f"RPC frame seq {seq}, expected {expected_seq}")
-            self._in_seq = _next_seq(seq)
-            out.append(buf[pos + 8 : crc_end])
-            pos += length
+        unpack_i32, unpack_u32 = _I32.unpack_from, _U32.unpack_from
+        use_crc32c = self._crc32c
+        seq = self._in_seq
+        try:
+            while end - pos >= 4:
+                (length,) = unpack_i32(buf, pos)
+                if length <= 0 or length % 4 or length > max_len:
+                    raise RpcError(f"bad RPC frame length {length}")
+                if length == 4:
+                    pos += 4
+                    continue
+                if length < MIN_FRAME_LEN:
+                    raise RpcError(
+                        f"RPC frame length {length} below the minimum {MIN_FRAME_LEN}"
+                    )
+                if end - pos < length:
+                    break
+                crc_end = pos + length - 4
+                (crc,) = unpack_u32(buf, crc_end)
+                if use_crc32c and seq >= 0:
+                    actual = crc32c_update(buf[pos:crc_end], 0)
+                else:
+                    actual = zlib.crc32(buf[pos:crc_end])
+                if crc != actual:
+                    raise RpcError(
+                        f"RPC frame CRC mismatch: got {crc:08x}, computed {actual:08x}"
+                    )
+                (got,) = unpack_i32(buf, pos + 4)
+                if got != seq:
+                    raise RpcError(f"RPC frame seq {got}, expected {seq}")
+                seq = seq + 1 if seq < 0x7FFFFFFF else -0x80000000
+                out.append(buf[pos : pos + length])
+                pos += length
+        finally:
+            self._in_seq = seq
         return pos
 
     def _parse(self) -> list[bytes]:
@@ -408,6 +519,11 @@ class RpcCodec:
                 self._awaiting_keys = True
                 self._held += buf[pos:]
                 pos = end
+                break
+            if seq == FIRST_SEQ + 1 and self._hold_after_handshake:
+                # The handshake frame may switch the checksum of the frames after it
+                # (set_crc32c): leave them for the next call.
+                self._hold_after_handshake = False
                 break
         del buf[:pos]
         return out
