@@ -2,7 +2,7 @@
 # Makes the builder base image locally, for machines that reach no container registry.
 #
 # Debian's `debootstrap --variant=minbase` lays out bookworm with exactly what the Dockerfile's
-# builder stage uses (python3.11, pip, python3-cryptography, binutils for strip, libcap2-bin for setcap, CA
+# builder stage uses (python3.11, pip, python3-cryptography, binutils for strip, CA
 # certificates), and `docker import` turns it into an image. The root filesystem tarball is
 # cached, so a repeated run only re-imports it; nothing is done when the image exists.
 #
@@ -14,7 +14,7 @@ SUITE=${DEBIAN_SUITE:-bookworm}
 CACHE_DIR=${MTPROXY_CACHE_DIR:-/var/cache/mtproxy-image}
 # Empty: debootstrap's own default mirror.
 MIRROR=${DEBIAN_MIRROR:-}
-PACKAGES=python3,python3-pip,python3-cryptography,python3-cffi-backend,binutils,libcap2-bin,ca-certificates
+PACKAGES=python3,python3-pip,python3-cryptography,python3-cffi-backend,binutils,ca-certificates
 DOCKER=${DOCKER:-$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker )}
 
 log() { printf 'base-image: %s\n' "$*" >&2; }

@@ -868,3 +868,82 @@ def environment_plain(**extra: str) -> dict[str, str]:
     env.update(IP_SERVICES=f"http://127.0.0.1:{closed_port()}/", IP_TIMEOUT="1")
     env.update(extra)
     return env
+
+
+# --- container defaults: modes, drain time, the data directory --------------------------------
+
+
+def test_all_modes_are_on_and_passed_explicitly(tmp_path: Path, web: FakeWeb) -> None:
+    """`mtproxy run` alone may default to fewer modes; the container keeps the official
+    behaviour (classic and dd links too) by passing them all."""
+    official = entrypoint(tmp_path, environment(web, SECRET=KEY))
+    assert official.returncode == 0, official.stdout
+    assert " --modes classic,secure,tls " in runs_as(official.stdout)
+    run_mode = entrypoint(tmp_path, environment(web, SECRET=KEY), "run")
+    assert run_mode.returncode == 0, run_mode.stdout
+    assert " --modes classic,secure,tls " in runs_as(run_mode.stdout)
+    assert f"secret={KEY}\n" in run_mode.stdout and f"secret=dd{KEY}\n" in run_mode.stdout
+    chosen = entrypoint(tmp_path, environment(web, SECRET=KEY), "run", "--modes", "tls")
+    assert chosen.returncode == 0, chosen.stdout
+    assert " --modes tls " in runs_as(chosen.stdout)
+    assert f"secret={KEY}\n" not in chosen.stdout
+
+
+def test_drain_fits_in_docker_stop(tmp_path: Path, web: FakeWeb) -> None:
+    default = entrypoint(tmp_path, environment(web, SECRET=KEY))
+    assert default.returncode == 0, default.stdout
+    assert " --shutdown-grace 8 " in runs_as(default.stdout)  # docker stop waits 10 s
+    raised = entrypoint(tmp_path, environment(web, SECRET=KEY, SHUTDOWN_GRACE="25.5"))
+    assert " --shutdown-grace 25.5 " in runs_as(raised.stdout)
+    given = entrypoint(tmp_path, environment(web, SECRET=KEY, SHUTDOWN_GRACE="3"), "run",
+                       "--shutdown-grace", "1")
+    assert " --shutdown-grace 1 " in runs_as(given.stdout)
+    assert "[*] SHUTDOWN_GRACE is not used: --shutdown-grace is set." in given.stdout
+    bad = entrypoint(tmp_path, environment(web, SECRET=KEY, SHUTDOWN_GRACE="soon"))
+    assert bad.returncode == 2
+    assert "SHUTDOWN_GRACE" in fatal(bad)
+
+
+def test_a_new_secret_that_cannot_be_kept_stops_the_start(tmp_path: Path, web: FakeWeb) -> None:
+    """Every start would make another secret and break the links: exit 6, one line."""
+    (tmp_path / "file").write_text("not a directory\n")
+    data = tmp_path / "file" / "data"
+    result = entrypoint(data, environment(web))
+    assert result.returncode == 6
+    line = fatal(result)
+    assert f"Cannot keep a secret in {data} as uid {os.geteuid()}: Not a directory" in line
+    assert "set SECRET" in line
+    # With the secret given, it does not change, so the start goes on (with a warning).
+    given = entrypoint(data, environment(web, SECRET=KEY))
+    assert given.returncode == 0, given.stdout
+    assert "[!] cannot write" in given.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the image starts")
+def test_root_hands_the_data_directory_over(tmp_path: Path) -> None:
+    from mtproxy.cli.entrypoint import privileges
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret").write_text(KEY + "\n")
+    (data / "link").symlink_to("/etc/passwd")
+    user = privileges.target("65534:65533")
+    assert (user.uid, user.gid) == (65534, 65533)
+    privileges.give_data_dir(data, user)
+    for path in (data, data / "secret"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65533)
+    assert Path("/etc/passwd").stat().st_uid == 0  # a link is not followed
+    assert privileges.target("0").uid == 0
+    with pytest.raises(ep.Fatal) as bad:
+        privileges.target("no-such-user")
+    assert bad.value.code == 2 and "MTPROXY_USER" in str(bad.value)
+
+
+def test_nothing_is_dropped_without_mtproxy_user(tmp_path: Path) -> None:
+    from mtproxy.cli.entrypoint import privileges
+
+    before = (os.geteuid(), privileges.capabilities())
+    privileges.settle(tmp_path, None)
+    privileges.settle(tmp_path, "")
+    assert (os.geteuid(), privileges.capabilities()) == before
+    assert not any(tmp_path.iterdir())

@@ -24,8 +24,8 @@ class CliError(Exception):
         self.code = code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mtproxy.cli import links, run, secrets
+def build_parser(only_healthcheck: bool = False) -> argparse.ArgumentParser:
+    from mtproxy.cli import healthcheck
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -33,9 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mtproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if only_healthcheck:
+        # It runs every few seconds in the container: spared the server's imports.
+        healthcheck.register(sub)
+        return parser
+    from mtproxy.cli import links, run, secrets
+
     run.register(sub)
     secrets.register(sub)
     links.register(sub)
+    healthcheck.register(sub)
     sub.add_parser(
         "entrypoint", add_help=False,
         help="start like the official container (SECRET, TAG, ... and -H/-p/-S flags)",
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         from mtproxy.cli import entrypoint
 
         return entrypoint.main(args_list[1:])
-    parser = build_parser()
+    parser = build_parser(only_healthcheck=args_list[:1] == ["healthcheck"])
     args = parser.parse_args(args_list)
     handler: Command | None = getattr(args, "handler", None)
     if handler is None:

@@ -30,7 +30,7 @@ from mtproxy.config.errors import ConfigError
 from mtproxy.protocol.dc import format_endpoint
 from mtproxy.proxy.server import ProxyServer
 
-__all__ = ["Prepared", "Startup", "main", "parse_official", "parse_run_mode"]
+__all__ = ["Fatal", "Prepared", "Startup", "main", "parse_official", "parse_run_mode"]
 
 #: Commands run as they are (with the container's data directory), not translated.
 PASSTHROUGH = ("links", "generate-secret", "--version")

@@ -6,12 +6,15 @@ Whatever is chosen is saved to the data directory (atomically) so the next start
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from mtproxy.cli.entrypoint.choices import Choices
 from mtproxy.cli.entrypoint.contract import (
     EXIT_BAD_SECRET,
     EXIT_CONFIG,
+    EXIT_DATA_DIR,
     EXIT_SECRETS,
     MAX_SECRETS,
     Fatal,
@@ -21,7 +24,14 @@ from mtproxy.cli.entrypoint.contract import (
 from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import load_settings
 from mtproxy.protocol.secret import generate_secret
-from mtproxy.state import SECRET_FILE, StateError, read_secrets, write_secrets
+from mtproxy.state import (
+    SECRET_FILE,
+    StateError,
+    atomic_write,
+    read_secrets,
+    secrets_text,
+    write_secrets,
+)
 
 
 def choose(c: Choices, data_dir: Path) -> list[str]:
@@ -44,6 +54,7 @@ def choose(c: Choices, data_dir: Path) -> list[str]:
         say(f"[+] Using the secrets passed in {where}: '{','.join(keys)}'.")
         c.options["secrets"] = keys
     else:
+        _check_readable(data_dir)
         try:
             stored = read_secrets(data_dir)
         except StateError as exc:
@@ -57,8 +68,53 @@ def choose(c: Choices, data_dir: Path) -> list[str]:
         say(f"[+] No secret given: generating {count} random one{'s' * (count > 1)}.")
         keys = [generate_secret().hex() for _ in range(count)]
         c.options["secrets"] = keys
+        _keep_generated(data_dir, keys)
+        return keys
     _save(data_dir, keys)
     return keys
+
+
+def _owner(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return f"{path} belongs to uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}"
+
+
+def _check_readable(data_dir: Path) -> None:
+    """A stored secret that this user cannot read must stop the start: a new one in its
+    place would break every link handed out."""
+    path = data_dir / SECRET_FILE
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        denied = data_dir if not os.access(data_dir, os.X_OK) else path
+        raise Fatal(
+            EXIT_DATA_DIR,
+            f"Cannot read {path} as uid {os.geteuid()} ({_owner(denied)}): run the "
+            "container as that owner (--user UID), or as root without --user and with "
+            "its default capabilities, so that it hands the directory to the proxy's user.",
+        ) from None
+    except OSError:
+        pass  # missing (the usual first start), or read_secrets says what is wrong
+
+
+def _keep_generated(data_dir: Path, keys: list[str]) -> None:
+    """Save new secrets, or stop: one the next start cannot read breaks every link."""
+    try:
+        atomic_write(data_dir / SECRET_FILE, secrets_text([bytes.fromhex(k) for k in keys]))
+    except OSError as exc:
+        where = data_dir if os.path.isdir(data_dir) else data_dir.parent
+        raise Fatal(
+            EXIT_DATA_DIR,
+            f"Cannot keep a secret in {data_dir} as uid {os.geteuid()}: "
+            f"{exc.strerror or exc} ({_owner(where)}), so every start would make a new "
+            "one and break the links: start the container without --user (it then hands "
+            "the directory to its user), mount a volume that this user can write, or set "
+            "SECRET.",
+        ) from None
 
 
 def _save(data_dir: Path, keys: list[str]) -> None:

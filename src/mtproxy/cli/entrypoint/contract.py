@@ -15,12 +15,21 @@ EXIT_CONFIG = 2  # Telegram's config not available; also a bad flag or setting
 EXIT_EXTERNAL_IP = 3
 EXIT_INTERNAL_IP = 4
 EXIT_SECRETS = 5  # SECRET_COUNT out of range; Telegram's proxy secret not available
+# Ours: the data directory cannot keep the secret for the user the proxy runs as, so a
+# start would run with a secret that the next start replaces (every shared link breaks).
+EXIT_DATA_DIR = 6
 
 DEFAULT_DATA_DIR = "/data"
 DEFAULT_PORT = 443
 DEFAULT_WORKERS = "2"
 DEFAULT_STATS_HOST = "0.0.0.0"
 DEFAULT_IP_TIMEOUT = 3.0
+#: Every client mode, as the official image accepts (``mtproxy run`` alone may default to
+#: fewer): classic and dd secrets and the links printed for them keep working.
+DEFAULT_MODES = "classic,secure,tls"
+#: Seconds sessions may drain after SIGTERM: below Docker's default 10 s stop timeout, so a
+#: plain `docker stop` ends in exit 0 and not in SIGKILL (exit 137).
+DEFAULT_SHUTDOWN_GRACE = "8"
 MAX_SECRETS = 16
 
 HEX32 = re.compile(r"[0-9a-fA-F]{32}")

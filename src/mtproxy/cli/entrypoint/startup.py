@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mtproxy.cli.entrypoint import addresses, client_secrets, command, downloads, variables
+from mtproxy.cli.entrypoint import (
+    addresses,
+    client_secrets,
+    command,
+    downloads,
+    privileges,
+    variables,
+)
 from mtproxy.cli.entrypoint.choices import Choices
 from mtproxy.cli.entrypoint.contract import say
 from mtproxy.config.settings import Settings, load_settings
@@ -35,9 +42,10 @@ class Startup(Choices):
         if self.req.user is not None:
             # The official server switches to this user after binding; we do not.
             severity = "[!]" if os.geteuid() == 0 and self.req.user != "root" else "[*]"
-            say(f"{severity} -u {self.req.user}: mtproxy does not switch users; start it as "
-                "the user it should run as (the image runs as uid 10001).")
+            say(f"{severity} -u {self.req.user}: mtproxy does not switch users with -u; the "
+                "image switches from root to MTPROXY_USER (mtproxy, uid 10001): set that.")
         data_dir = variables.data_dir(self)
+        privileges.settle(data_dir, self.var("MTPROXY_USER"))
         keys = self.secrets(data_dir)
         tag = variables.tag(self)
         middle = variables.middle_mode(self, tag)

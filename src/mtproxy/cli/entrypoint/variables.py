@@ -13,7 +13,9 @@ from mtproxy.cli.entrypoint.addresses import ip_services
 from mtproxy.cli.entrypoint.choices import Choices
 from mtproxy.cli.entrypoint.contract import (
     DEFAULT_DATA_DIR,
+    DEFAULT_MODES,
     DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_STATS_HOST,
     DEFAULT_WORKERS,
     EXIT_CONFIG,
@@ -113,18 +115,35 @@ def link_port(c: Choices, listen_port: int) -> int:
 
 
 def general(c: Choices) -> None:
-    """WORKERS, STATS_PORT, DEBUG, IP_SERVICES: plain option mappings."""
+    """WORKERS, STATS_PORT, SHUTDOWN_GRACE, DEBUG, IP_SERVICES: plain option mappings,
+    and the modes the official image accepts (all of them, unless -D or --modes say)."""
+    if "modes" not in c.options:
+        c.put("modes", DEFAULT_MODES, "default modes")
+    grace = c.var("SHUTDOWN_GRACE")
+    if grace is not None:
+        try:
+            seconds = cv.float_range(0, 3600)(grace)
+        except ValueError as exc:
+            raise Fatal(EXIT_CONFIG, f"SHUTDOWN_GRACE: {exc}.") from None
+        c.put("shutdown_grace", f"{seconds:g}", "SHUTDOWN_GRACE")
+    else:
+        c.put("shutdown_grace", DEFAULT_SHUTDOWN_GRACE, "default SHUTDOWN_GRACE")
     workers = c.var("WORKERS")
     if workers is not None:
         c.put("workers", count(workers, "WORKERS", 1), "WORKERS")
     elif "workers" not in c.options:
         c.put("workers", DEFAULT_WORKERS, "default WORKERS")
-    stats_port = c.var("STATS_PORT")
-    stats = port(stats_port, "STATS_PORT") if stats_port else c.req.stats_port
-    if stats is not None:
-        host = c.var("STATS_HOST") or DEFAULT_STATS_HOST
-        c.put("stats", format_endpoint((host, stats)), "STATS_PORT" if stats_port else "-p")
+    stats(c)
     if c.debug:
         c.put("log_level", "DEBUG", "DEBUG")
     if c.var("IP_SERVICES") is not None:
         c.put("ip_services", ip_services(c), "IP_SERVICES")
+
+
+def stats(c: Choices) -> None:
+    """STATS_PORT (or -p) on STATS_HOST: where /stats and /metrics are served."""
+    stats_port = c.var("STATS_PORT")
+    number = port(stats_port, "STATS_PORT") if stats_port else c.req.stats_port
+    if number is not None:
+        host = c.var("STATS_HOST") or DEFAULT_STATS_HOST
+        c.put("stats", format_endpoint((host, number)), "STATS_PORT" if stats_port else "-p")
