@@ -29,7 +29,9 @@ RUN if ! dpkg -s python3 python3-pip python3-cryptography python3-cffi-backend b
     fi
 
 WORKDIR /build
-COPY docker/wheels/ wheels/
+# The wheels for this image's CPU (scripts/wheels.sh): docker/wheels-arm64 for arm64.
+ARG WHEELS_DIR=docker/wheels
+COPY ${WHEELS_DIR}/ wheels/
 COPY pyproject.toml README.md source/
 COPY src/ source/src/
 

@@ -205,18 +205,19 @@ class Proxy:
 
 @asynccontextmanager
 async def running(docker: Docker, dc: FakeDC, *options: str, port: int | None = None,
-                  env: tuple[str, ...] = ()) -> AsyncIterator[Proxy]:
+                  env: tuple[str, ...] = (), image: str | None = None,
+                  start_timeout: float = 30) -> AsyncIterator[Proxy]:
     """The image's ENTRYPOINT with the official flags, on the host's loopback."""
     port = port or free_port()
     name = f"mtproxy-test-{uuid.uuid4().hex[:12]}"
     proxy = Proxy(docker, name, port)
     await proxy.call(
         "run", "-d", "--name", name, "--network", "host", "-e", f"SECRET={KEY}", *CONTRACT,
-        *env, *options, docker.image, "-p", str(free_port()), "--address", "127.0.0.1",
+        *env, *options, image or docker.image, "-p", str(free_port()), "--address", "127.0.0.1",
         "-H", str(port), "--dc", f"2=127.0.0.1:{dc.port}",
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         logs = ""
         while "[+] Proxy started" not in logs and time.monotonic() < deadline:
             if "[F]" in logs:
