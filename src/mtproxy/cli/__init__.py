@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable
 
 from mtproxy import __version__
-from mtproxy.config.errors import ConfigError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -24,8 +23,8 @@ class CliError(Exception):
         self.code = code
 
 
-def build_parser(only_healthcheck: bool = False) -> argparse.ArgumentParser:
-    from mtproxy.cli import healthcheck
+def build_parser() -> argparse.ArgumentParser:
+    from mtproxy.cli import healthcheck, links, run, secrets
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -33,11 +32,6 @@ def build_parser(only_healthcheck: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mtproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    if only_healthcheck:
-        # It runs every few seconds in the container: spared the server's imports.
-        healthcheck.register(sub)
-        return parser
-    from mtproxy.cli import links, run, secrets
 
     run.register(sub)
     secrets.register(sub)
@@ -58,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         from mtproxy.cli import entrypoint
 
         return entrypoint.main(args_list[1:])
-    parser = build_parser(only_healthcheck=args_list[:1] == ["healthcheck"])
+    if args_list[:1] == ["healthcheck"]:
+        # Run every few seconds in the container: spared the server's and the
+        # configuration's imports (this module imports neither at the top for that).
+        from mtproxy.cli import healthcheck
+
+        return healthcheck.main(args_list[1:])
+    from mtproxy.config.errors import ConfigError
+
+    parser = build_parser()
     args = parser.parse_args(args_list)
     handler: Command | None = getattr(args, "handler", None)
     if handler is None:
