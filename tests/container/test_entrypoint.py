@@ -889,6 +889,20 @@ def test_all_modes_are_on_and_passed_explicitly(tmp_path: Path, web: FakeWeb) ->
     assert f"secret={KEY}\n" not in chosen.stdout
 
 
+def test_links_show_every_mode_the_container_serves(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(KEY + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTPROXY_")}
+    env.update(DATA_DIR=str(tmp_path), EXTERNAL_IP=EXTERNAL)
+    result = subprocess.run(
+        [sys.executable, "-m", "mtproxy", "entrypoint", "links", "--no-qr"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    query = f"server={EXTERNAL}&port=443&secret="
+    for secret in (KEY, "dd" + KEY, "ee" + KEY):
+        assert f"https://t.me/proxy?{query}{secret}" in result.stdout
+
+
 def test_drain_fits_in_docker_stop(tmp_path: Path, web: FakeWeb) -> None:
     default = entrypoint(tmp_path, environment(web, SECRET=KEY))
     assert default.returncode == 0, default.stdout

@@ -23,7 +23,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from mtproxy.cli import CliError
-from mtproxy.cli.entrypoint.contract import DEFAULT_DATA_DIR, EXIT_CONFIG, Fatal, say
+from mtproxy.cli.entrypoint.contract import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_MODES,
+    EXIT_CONFIG,
+    Fatal,
+    say,
+)
 from mtproxy.cli.entrypoint.flags import parse_official, parse_run_mode
 from mtproxy.cli.entrypoint.startup import Prepared, Startup
 from mtproxy.config.errors import ConfigError
@@ -61,6 +67,9 @@ def _passthrough(argv: list[str], env: Mapping[str, str]) -> int:
             args += ["--public-host", external]
         if port and not _has_flag(args, "--port"):
             args += ["--port", port]
+        # The links of every mode the container serves (see DEFAULT_MODES).
+        if not _has_flag(args, "--modes") and not _has_flag(args, "--config"):
+            args += ["--modes", DEFAULT_MODES]
     return cli_main(args)
 
 
