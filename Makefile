@@ -11,7 +11,7 @@ export MTPROXY_DOCKER_SOCK
 export DOCKER_HOST ?= unix://$(MTPROXY_DOCKER_SOCK)
 export IMAGE
 
-.PHONY: run test test-compat bench clean image
+.PHONY: run test test-compat bench clean image image-multiarch
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,9 +56,16 @@ bench: $(VENV)/.installed-test
 
 ## image: the container image, built offline (private engine, debootstrap builder, local
 ##        wheels); saved as dist/mtproxy-image.tar, prints its compressed and unpacked sizes.
-##        MTPROXY_EXTRAS=fast adds uvloop. Needs root on Debian (apt, debootstrap, dockerd).
+##        With uvloop; MTPROXY_EXTRAS= leaves it out. Needs root on Debian (apt, debootstrap,
+##        dockerd).
 image: | $(BIN)/python
 	PYTHON=$(BIN)/python scripts/build-image.sh
+
+## image-multiarch: the above, then the arm64 image the same offline way (Debian's arm64
+##        packages, qemu-user-static) and both as one OCI index: dist/mtproxy-oci (+ .tar);
+##        loads the arm64 one as mtproxy:arm64 and prints its sizes.
+image-multiarch: image
+	PYTHON=$(BIN)/python scripts/build-multiarch.sh
 
 clean:
 	rm -rf $(VENV) $(COMPAT) dist build src/*.egg-info

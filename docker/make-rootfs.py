@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tokenize
 import zipfile
 from collections.abc import Iterable, Iterator
 from importlib.util import MAGIC_NUMBER
@@ -46,8 +47,9 @@ SYSCONFIGDATA = sysconfig._get_sysconfigdata_name()  # type: ignore[attr-defined
 
 # Standard-library modules and packages a proxy server never imports: tests and demos, GUI
 # and terminal UIs, developer tools, databases, mail and other protocols' clients, legacy
-# and media formats, packaging tools, ctypes, decimal and zoneinfo (their extensions are
-# dropped too; the image has no time zone data).
+# and media formats, packaging tools, decimal and zoneinfo (their extensions are dropped
+# too; the image has no time zone data), and the parts of ctypes for other systems (ctypes
+# itself stays: the entrypoint calls prctl and capset through it to drop root).
 # Also submodules nothing here uses (cookie jars, asyncio's Windows event loop) and the
 # sources of modules frozen into the interpreter (see is_frozen). Everything else stays, and
 # costs little because it is stored as compressed source. Whatever the proxy imports at
@@ -56,10 +58,12 @@ STDLIB_DROP = frozenset(
     {
         "__phello__", "_aix_support", "_osx_support", "_pydecimal", "_pyio", "aifc",
         "asynchat", "asyncore", "audioop", "bdb", "cgi", "cgitb", "chunk", "cmd", "code",
-        "codeop", "compileall", "cProfile", "crypt", "ctypes", "curses", "dbm", "decimal",
+        "codeop", "compileall", "cProfile", "crypt", "ctypes/macholib", "ctypes/util",
+        "ctypes/wintypes", "ctypes/_aix", "curses", "dbm", "decimal",
         "difflib", "distutils", "doctest", "ensurepip", "filecmp", "fileinput", "ftplib",
         "idlelib", "imaplib", "imghdr", "imp", "lib2to3", "mailbox", "mailcap",
-        "modulefinder", "msilib", "netrc", "nis", "nntplib", "ossaudiodev", "pdb",
+        "modulefinder", "msilib", "multiprocessing", "netrc", "nis", "nntplib",
+        "ossaudiodev", "pdb",
         "pickletools", "pipes", "plistlib", "poplib", "profile", "pstats", "pty", "py_compile",
         "pyclbr", "pydoc", "pydoc_data", "rlcompleter", "sched", "shelve", "smtpd", "smtplib",
         "sndhdr", "sqlite3", "sunau", "tabnanny", "telnetlib", "test", "timeit", "tkinter",
@@ -83,12 +87,13 @@ ENCODINGS_KEEP = frozenset(
     }
 )
 # Extension modules kept from lib-dynload; the rest (test modules, curses, dbm, sqlite,
-# readline, ctypes, lzma, bz2, decimal, CJK codecs, audio, zoneinfo) go with the code that
-# uses them, and _uuid with its libuuid: the uuid module works without it.
+# readline, multiprocessing's, lzma, bz2, decimal, CJK codecs, audio, zoneinfo) go with the code that uses
+# them, and _uuid with its libuuid: the uuid module works without it. _ctypes costs no
+# library: libffi is loaded for cryptography's _cffi_backend anyway.
 DYNLOAD_KEEP = frozenset(
     {
-        "_asyncio", "_contextvars", "_hashlib", "_json", "_multiprocessing", "_posixshmem",
-        "_queue", "_ssl", "_typing", "mmap", "resource", "termios",
+        "_asyncio", "_contextvars", "_ctypes", "_hashlib", "_json", "_queue", "_ssl",
+        "_typing", "mmap", "resource", "termios",
     }
 )
 # Imported at build time, with every module of the proxy's own package (--probe-package),
@@ -239,10 +244,61 @@ def pyc_bytes(source: Path, display_name: str) -> bytes:
     """A sourceless .pyc without docstrings (only its magic number is checked on import).
 
     Docstrings are a fifth of the stdlib's bytecode and nothing at run time reads them.
+    This interpreter runs with -X no_debug_ranges (see main), so the code objects carry
+    line numbers but not the column table that 3.11 adds for its ``^^^`` traceback marks:
+    that table made up 30 % of the compressed bytecode (1.41 -> 0.99 MB for the stdlib).
     """
     tree = _DropDocstrings().visit(ast.parse(source.read_bytes(), display_name))
     code = compile(tree, display_name, "exec", dont_inherit=True)
     return MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
+
+
+def blank_source(data: bytes, name: str) -> bytes:
+    """Python source with comments and docstrings blanked out, every line kept in place.
+
+    Modules stored as source are the ones a start does not load, and the proxy's own
+    (for tracebacks); a traceback shows code lines, which stay as they are, so the
+    comments and docstrings are only bytes to pull: a third of the compressed source.
+    A docstring becomes '' (still a docstring, so ``from __future__`` may follow it).
+    The result must compile to the same line numbers, or the build fails.
+    """
+    tokens = list(tokenize.tokenize(io.BytesIO(data).readline))
+    text = data.decode(tokens[0].string if tokens[0].type == tokenize.ENCODING else "utf-8")
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    cuts: list[tuple[tuple[int, int], tuple[int, int], str]] = []
+    significant = [t for t in tokens
+                   if t.type not in (tokenize.NL, tokenize.COMMENT, tokenize.ENCODING)]
+    starts = (tokenize.INDENT, tokenize.NEWLINE, tokenize.DEDENT)
+    for index, tok in enumerate(significant):
+        # A statement that is a lone string literal: a docstring, or a comment in quotes.
+        if (tok.type == tokenize.STRING and (index == 0 or significant[index - 1].type in starts)
+                and index + 1 < len(significant)
+                and significant[index + 1].type == tokenize.NEWLINE):
+            cuts.append((tok.start, tok.end, "''"))
+    cuts += [(t.start, t.end, "") for t in tokens if t.type == tokenize.COMMENT]
+    for (row, col), (end_row, end_col), replacement in sorted(cuts, reverse=True):
+        head, tail = lines[row - 1][:col] + replacement, lines[end_row - 1][end_col:]
+        if row == end_row:
+            lines[row - 1] = head + tail
+        else:
+            lines[row - 1:end_row] = [head + "\n", *["\n"] * (end_row - row - 1), tail]
+    out = "\n".join(line.rstrip() for line in "".join(lines).split("\n")).encode()
+    before = compile(data, name, "exec", dont_inherit=True)
+    after = compile(out, name, "exec", dont_inherit=True)
+    if _lines(before) != _lines(after):
+        raise RuntimeError(f"{name}: blanking comments moved its code lines")
+    return out
+
+
+def _lines(code: object) -> list[int]:
+    """Every line number a code object (and those nested in it) points at."""
+    assert hasattr(code, "co_lines") and hasattr(code, "co_consts")
+    found = sorted({line for _, _, line in code.co_lines() if line is not None})
+    for const in code.co_consts:
+        if hasattr(const, "co_lines"):
+            found += _lines(const)
+    return found
 
 
 def is_frozen(rel: PurePosixPath) -> bool:
@@ -293,16 +349,18 @@ def build_stdlib(fs: RootFS, layout: str, hot: set[Path]) -> tuple[int, int]:
     """
     counts = [0, 0]
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    # Stored, not deflated: the image layer is gzip-compressed as a whole, and across its
+    # 32 kB window similar modules compress better together than each one alone (70 kB
+    # less to pull); zipimport reads stored members without inflating them.
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
         for source, rel in stdlib_files(hot):
             compiled = layout == "zip-pyc" or (layout == "zip-mixed" and source in hot)
             if compiled:
                 name, data = rel.with_suffix(".pyc"), pyc_bytes(source, str(source))
             else:
-                name, data = rel, source.read_bytes()
+                name, data = rel, blank_source(source.read_bytes(), str(source))
             counts[0 if compiled else 1] += 1
             info = zipfile.ZipInfo(str(name), (1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, data)
     fs.write(STDLIB_ZIP, buffer.getvalue())
     fs.write(STDLIB / "os.py", (STDLIB / "os.py").read_bytes())
@@ -357,9 +415,12 @@ def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
                     source = Path(dirpath) / filename
                     dest = dest_root / rel_dir / filename
                     dest.parent.mkdir(parents=True, exist_ok=True)
+                    display = str(SITE / rel_dir / filename)
                     if filename.endswith(".py") and source in hot and name not in own:
-                        display = str(SITE / rel_dir / filename)
                         dest.with_suffix(".pyc").write_bytes(pyc_bytes(source, display))
+                        continue
+                    if filename.endswith(".py"):
+                        dest.write_bytes(blank_source(source.read_bytes(), display))
                         continue
                     shutil.copy2(source, dest)
                     if filename.endswith(".so"):
@@ -403,11 +464,13 @@ def build_etc(fs: RootFS, uid: int) -> None:
     tmp = fs.target(PurePosixPath("/tmp"))
     tmp.mkdir(parents=True, exist_ok=True)
     tmp.chmod(0o1777)
-    # A named volume starts as a copy of this directory, so it is the proxy user's too.
+    # A named volume starts as a copy of this directory: the proxy user's, and writable by
+    # any user with the sticky bit (as /tmp), so that `docker run --user N` with a new
+    # volume keeps its secret too. Files in it are written mode 600.
     data = fs.target(PurePosixPath("/data"))
     data.mkdir(parents=True, exist_ok=True)
     os.chown(data, uid, uid)
-    data.chmod(0o700)
+    data.chmod(0o1777)
 
 
 def write_commands(fs: RootFS) -> None:
@@ -437,9 +500,10 @@ def main() -> int:
     parser.add_argument("--uid", type=int, default=10001)
     parser.add_argument("--stdlib", choices=("zip-mixed", "zip-py", "zip-pyc"),
                         default="zip-mixed")
-    parser.add_argument("--no-setcap", action="store_true",
-                        help="leave the interpreter without cap_net_bind_service")
     args = parser.parse_args()
+    if "no_debug_ranges" not in sys._xoptions:
+        # compile() follows this interpreter's setting; see pyc_bytes.
+        os.execv(sys.executable, [sys.executable, "-X", "no_debug_ranges", *sys.argv])
 
     fs = RootFS(args.out)
     if args.out.exists():
@@ -470,12 +534,10 @@ def main() -> int:
     libs = needed_libraries([PYTHON, *dynload, *extensions, *providers])
     for lib in sorted(libs):
         fs.replicate(lib)
+    # No file capability on the interpreter: the kernel refuses to run such a file when
+    # the container's bounding set lacks the capability (--cap-drop ALL). The entrypoint
+    # starts as root and keeps CAP_NET_BIND_SERVICE itself when it drops to the user.
     build_etc(fs, args.uid)
-    if not args.no_setcap:
-        # Lets the non-root user bind 443 where Docker's ip_unprivileged_port_start=0 does
-        # not apply (--network host); a file capability survives COPY into the final stage.
-        subprocess.run(["setcap", "cap_net_bind_service=+ep", str(fs.target(PYTHON))],
-                       check=True)
     verify(fs, args.probe_package, args.verify)
     total = sum(p.lstat().st_size for p in args.out.rglob("*") if not p.is_dir())
     log(f"{total / 1e6:.1f} MB in {args.out}; stdlib: {compiled} modules as bytecode, "

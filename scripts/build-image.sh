@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-mtproxy:latest}
 BUILDER_IMAGE=${BUILDER_IMAGE:-mtproxy-builder-base:bookworm}
-MTPROXY_EXTRAS=${MTPROXY_EXTRAS-}
+MTPROXY_EXTRAS=${MTPROXY_EXTRAS-fast}
 MTPROXY_STDLIB=${MTPROXY_STDLIB:-zip-mixed}
 DIST=${DIST:-dist}
 export DOCKER=${DOCKER:-$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker )}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fills docker/wheels/ with every wheel the image build needs, so `docker build` runs offline.
 #
-# The runtime dependencies (and those of the `fast` extra: uvloop) come as Linux x86-64
-# wheels for CPython 3.11, whatever this machine runs; setuptools and wheel come too because
+# The runtime dependencies (and those of the `fast` extra: uvloop) come as Linux wheels for
+# CPython 3.11 and WHEELS_ARCH (x86_64 or aarch64), whatever this machine runs; setuptools and wheel come too because
 # the builder stage builds mtproxy itself from the source in the build context. Packages the
 # image takes from Debian instead (cryptography, see docs/container.md) are left out. The
 # Dockerfile installs with --no-index as soon as this directory holds a wheel.
@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 DEST=${WHEELS_DIR:-docker/wheels}
+# The image's CPU, as manylinux names it: x86_64 (default) or aarch64.
+WHEELS_ARCH=${WHEELS_ARCH:-x86_64}
 EXTRAS=${MTPROXY_EXTRAS-fast}
 # Installed from Debian in the builder stage (python3-cryptography); space-separated.
 FROM_DEBIAN=${WHEELS_FROM_DEBIAN-cryptography}
@@ -43,7 +45,7 @@ log "downloading: $(tr '\n' ' ' <"$tmp/requirements.txt")"
 # Every manylinux tag that Debian bookworm's glibc 2.36 can load, newest first.
 platforms=()
 for tag in manylinux_2_34 manylinux_2_28 manylinux2014 manylinux_2_17 manylinux1 linux; do
-    platforms+=(--platform "${tag}_x86_64")
+    platforms+=(--platform "${tag}_${WHEELS_ARCH}")
 done
 
 "$PYTHON" -m pip download --quiet --disable-pip-version-check \

@@ -55,8 +55,8 @@ def read_secrets(data_dir: Path) -> list[bytes] | None:
     path = data_dir / SECRET_FILE
     try:
         text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # no file there (yet); writing it will say what is wrong
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(f"cannot read {path}: {exc}; fix or delete the file") from None
     try:
@@ -71,9 +71,14 @@ def read_secrets(data_dir: Path) -> list[bytes] | None:
     return secrets
 
 
+def secrets_text(secrets: list[bytes]) -> bytes:
+    """The secret file's content: comma-separated lower-case hex, as the official image."""
+    return (",".join(s.hex() for s in secrets) + "\n").encode()
+
+
 def write_secrets(data_dir: Path, secrets: list[bytes]) -> None:
     try:
-        atomic_write(data_dir / SECRET_FILE, (",".join(s.hex() for s in secrets) + "\n").encode())
+        atomic_write(data_dir / SECRET_FILE, secrets_text(secrets))
     except OSError as exc:
         raise StateError(
             f"cannot write {data_dir / SECRET_FILE}: {exc.strerror or exc}; "

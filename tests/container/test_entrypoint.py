@@ -5,9 +5,6 @@ temporary data directory (the container's /data). Local HTTP servers stand in fo
 Telegram's getProxyConfig/getProxySecret and for the "what is my IP" services, so
 nothing leaves loopback. The last cases start the proxy and relay a client to a fake
 DC through it.
-
-Options that ``mtproxy run`` does not have in every build (tag, workers, stats...) are
-checked both ways: passed on when the option exists, announced as not applied when not.
 """
 
 from __future__ import annotations
@@ -53,7 +50,7 @@ HTML = b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>"
 CONTRACT_VARS = {
     "SECRET", "SECRET_COUNT", "TAG", "WORKERS", "DEBUG", "PORT", "STATS_PORT", "STATS_HOST",
     "EXTERNAL_IP", "INTERNAL_IP", "EXTERNAL_PORT", "DATA_DIR", "IP_SERVICES", "IP_TIMEOUT",
-    "MIDDLE_PROXY", "PROXY_CONFIG_URL", "PROXY_SECRET_URL",
+    "MIDDLE_PROXY", "PROXY_CONFIG_URL", "PROXY_SECRET_URL", "MIDDLE_FALLBACK",
 }
 KNOWN = {opt.field for opt in OPTIONS}
 
@@ -149,18 +146,11 @@ def runs_as(out: str) -> str:
 
 
 def check_option(out: str, name: str, *values: str) -> None:
-    """``--name value`` is passed on if this build has the option, else announced."""
+    """``--name value`` is passed on to ``mtproxy run``, which has that option."""
+    assert name in KNOWN, name
     flag = "--" + name.replace("_", "-")
-    if name in KNOWN:
-        for value in values:
-            assert f" {flag} {value} " in runs_as(out), out
-    else:
-        notes = [
-            ln for ln in out.splitlines() if ln.startswith("[!]") and f"no {flag} option" in ln
-        ]
-        assert notes, out
-        assert all(value in notes[0] for value in values), notes
-        assert flag not in runs_as(out)
+    for value in values:
+        assert f" {flag} {value} " in runs_as(out), out
 
 
 def fatal(result: subprocess.CompletedProcess[str]) -> str:
@@ -405,6 +395,32 @@ def test_unreachable_config_server_exits_2(tmp_path: Path, web: FakeWeb) -> None
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG, PROXY_CONFIG_URL=url))
     assert result.returncode == 2
     assert "proxy configuration" in fatal(result)
+
+
+def test_middle_fallback_on_starts_without_telegram_s_files(tmp_path: Path, web: FakeWeb) -> None:
+    """MIDDLE_FALLBACK=on: no config and no secret at start is a warning, and the proxy
+    gets the URLs to keep trying while it serves clients directly."""
+    url = f"http://127.0.0.1:{closed_port()}/"
+    env = environment(web, SECRET=KEY, TAG=TAG, PROXY_CONFIG_URL=url + "getProxyConfig",
+                      PROXY_SECRET_URL=url + "getProxySecret", MIDDLE_FALLBACK="on")
+    result = entrypoint(tmp_path, env)
+    assert result.returncode == 0, result.stdout
+    assert "[!] Cannot get the proxy configuration from Telegram servers" in result.stdout
+    assert "[!] Cannot get the proxy secret from Telegram servers" in result.stdout
+    assert "[!] MIDDLE_FALLBACK=on: clients are served directly" in result.stdout
+    assert f"--proxy-config {url}getProxyConfig" in runs_as(result.stdout)
+
+
+def test_middle_fallback_off_and_bad_values(tmp_path: Path, web: FakeWeb) -> None:
+    off = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG, MIDDLE_FALLBACK="off"))
+    assert off.returncode == 0, off.stdout
+    assert "--no-middle-fallback" in runs_as(off.stdout)
+    bad = entrypoint(tmp_path, environment(
+        web, SECRET=KEY, TAG=TAG, MIDDLE_FALLBACK="maybe",
+        PROXY_CONFIG_URL=f"http://127.0.0.1:{closed_port()}/c",
+    ))  # fmt: skip
+    assert bad.returncode == 2
+    assert "MIDDLE_FALLBACK='maybe': write on or off." in fatal(bad)
 
 
 def test_unusable_config_falls_back_to_the_saved_copy(tmp_path: Path, web: FakeWeb) -> None:
@@ -656,9 +672,7 @@ def test_defaults_without_flags(tmp_path: Path, web: FakeWeb) -> None:
     assert result.returncode == 0, result.stdout
     assert " --listen 0.0.0.0:443 " in runs_as(result.stdout)
     assert f" --data-dir {tmp_path} " in runs_as(result.stdout)
-    if "workers" in KNOWN:
-        assert " --workers 2 " in runs_as(result.stdout)
-    # A default that this build cannot apply is not worth a warning.
+    assert " --workers 2 " in runs_as(result.stdout)
     assert not [ln for ln in result.stdout.splitlines() if ln.startswith("[!]")]
 
 
@@ -880,3 +894,96 @@ def environment_plain(**extra: str) -> dict[str, str]:
     env.update(IP_SERVICES=f"http://127.0.0.1:{closed_port()}/", IP_TIMEOUT="1")
     env.update(extra)
     return env
+
+
+# --- container defaults: modes, drain time, the data directory --------------------------------
+
+
+def test_all_modes_are_on_and_passed_explicitly(tmp_path: Path, web: FakeWeb) -> None:
+    """`mtproxy run` alone may default to fewer modes; the container keeps the official
+    behaviour (classic and dd links too) by passing them all."""
+    official = entrypoint(tmp_path, environment(web, SECRET=KEY))
+    assert official.returncode == 0, official.stdout
+    assert " --modes classic,secure,tls " in runs_as(official.stdout)
+    run_mode = entrypoint(tmp_path, environment(web, SECRET=KEY), "run")
+    assert run_mode.returncode == 0, run_mode.stdout
+    assert " --modes classic,secure,tls " in runs_as(run_mode.stdout)
+    assert f"secret={KEY}\n" in run_mode.stdout and f"secret=dd{KEY}\n" in run_mode.stdout
+    chosen = entrypoint(tmp_path, environment(web, SECRET=KEY), "run", "--modes", "tls")
+    assert chosen.returncode == 0, chosen.stdout
+    assert " --modes tls " in runs_as(chosen.stdout)
+    assert f"secret={KEY}\n" not in chosen.stdout
+
+
+def test_links_show_every_mode_the_container_serves(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(KEY + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTPROXY_")}
+    env.update(DATA_DIR=str(tmp_path), EXTERNAL_IP=EXTERNAL)
+    result = subprocess.run(
+        [sys.executable, "-m", "mtproxy", "entrypoint", "links", "--no-qr"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    query = f"server={EXTERNAL}&port=443&secret="
+    for secret in (KEY, "dd" + KEY, "ee" + KEY):
+        assert f"https://t.me/proxy?{query}{secret}" in result.stdout
+
+
+def test_drain_fits_in_docker_stop(tmp_path: Path, web: FakeWeb) -> None:
+    default = entrypoint(tmp_path, environment(web, SECRET=KEY))
+    assert default.returncode == 0, default.stdout
+    assert " --shutdown-grace 8 " in runs_as(default.stdout)  # docker stop waits 10 s
+    raised = entrypoint(tmp_path, environment(web, SECRET=KEY, SHUTDOWN_GRACE="25.5"))
+    assert " --shutdown-grace 25.5 " in runs_as(raised.stdout)
+    given = entrypoint(tmp_path, environment(web, SECRET=KEY, SHUTDOWN_GRACE="3"), "run",
+                       "--shutdown-grace", "1")
+    assert " --shutdown-grace 1 " in runs_as(given.stdout)
+    assert "[*] SHUTDOWN_GRACE is not used: --shutdown-grace is set." in given.stdout
+    bad = entrypoint(tmp_path, environment(web, SECRET=KEY, SHUTDOWN_GRACE="soon"))
+    assert bad.returncode == 2
+    assert "SHUTDOWN_GRACE" in fatal(bad)
+
+
+def test_a_new_secret_that_cannot_be_kept_stops_the_start(tmp_path: Path, web: FakeWeb) -> None:
+    """Every start would make another secret and break the links: exit 6, one line."""
+    (tmp_path / "file").write_text("not a directory\n")
+    data = tmp_path / "file" / "data"
+    result = entrypoint(data, environment(web))
+    assert result.returncode == 6
+    line = fatal(result)
+    assert f"Cannot keep a secret in {data} as uid {os.geteuid()}: Not a directory" in line
+    assert "set SECRET" in line
+    # With the secret given, it does not change, so the start goes on (with a warning).
+    given = entrypoint(data, environment(web, SECRET=KEY))
+    assert given.returncode == 0, given.stdout
+    assert "[!] cannot write" in given.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the image starts")
+def test_root_hands_the_data_directory_over(tmp_path: Path) -> None:
+    from mtproxy.cli.entrypoint import privileges
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret").write_text(KEY + "\n")
+    (data / "link").symlink_to("/etc/passwd")
+    user = privileges.target("65534:65533")
+    assert (user.uid, user.gid) == (65534, 65533)
+    privileges.give_data_dir(data, user)
+    for path in (data, data / "secret"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65533)
+    assert Path("/etc/passwd").stat().st_uid == 0  # a link is not followed
+    assert privileges.target("0").uid == 0
+    with pytest.raises(ep.Fatal) as bad:
+        privileges.target("no-such-user")
+    assert bad.value.code == 2 and "MTPROXY_USER" in str(bad.value)
+
+
+def test_nothing_is_dropped_without_mtproxy_user(tmp_path: Path) -> None:
+    from mtproxy.cli.entrypoint import privileges
+
+    before = (os.geteuid(), privileges.capabilities())
+    privileges.settle(tmp_path, None)
+    privileges.settle(tmp_path, "")
+    assert (os.geteuid(), privileges.capabilities()) == before
+    assert not any(tmp_path.iterdir())

@@ -1,22 +1,19 @@
 """The container image, run by a real Docker engine (see conftest.py for when these run).
 
-What is checked here exists before the proxy's own entrypoint does: the image's metadata,
-the non-root user and its /data volume, the runtime pieces the proxy will need (TLS with CA
-certificates, AES from cryptography, asyncio), the size budget, and both network modes CI
-can use (`--network none` and `--network host`).
+What is checked here exists before the proxy's own entrypoint does: the image's metadata
+(root start, stop signal, health check), the proxy user and its /data volume, the runtime
+pieces the proxy will need (TLS with CA certificates, AES from cryptography, asyncio,
+uvloop, ctypes), the size budget, and both network modes CI can use (`--network none`
+and `--network host`). The entrypoint's own behaviour in the image is in
+test_image_entrypoint.py and test_image_operations.py.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
-
-import pytest
 
 import mtproxy
 
@@ -25,29 +22,40 @@ from .conftest import ROOT, Docker
 IMAGE_UID = 10001
 MAX_COMPRESSED = 10_000_000
 MAX_UNPACKED = 30_000_000
-CAP_NET_BIND_SERVICE = 10
 
 
 def test_image_metadata(docker: Docker) -> None:
     config = docker.inspect_image()["Config"]
     assert isinstance(config, dict)
-    assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    # Root on purpose: the entrypoint hands /data over and drops to MTPROXY_USER itself.
+    assert config["User"] == ""
     assert config["Entrypoint"] == ["/usr/bin/python3", "-m", "mtproxy", "entrypoint"]
     assert config["Cmd"] == ["-p", "2398", "-H", "443"]
     assert set(config["ExposedPorts"]) == {"443/tcp", "2398/tcp"}
     assert set(config["Volumes"]) == {"/data"}
     assert config["WorkingDir"] == "/data"
+    assert config["StopSignal"] == "SIGTERM"
+    health = config["Healthcheck"]
+    assert health["Test"] == ["CMD", "/usr/bin/mtproxy", "healthcheck"]
+    # Healthy within seconds of start: Docker runs the first check one interval after it.
+    assert health["Interval"] <= 10 * 10**9 and health["Timeout"] < health["Interval"]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["MTPROXY_USER"] == "mtproxy"
 
 
-def test_version_as_non_root_user(docker: Docker) -> None:
+def test_version_and_the_proxy_user(docker: Docker) -> None:
     expected = f"mtproxy {mtproxy.__version__}"
     assert docker.run("-m", "mtproxy", "--version").stdout.strip() == expected
     assert docker.run("--version", entrypoint="/usr/bin/mtproxy").stdout.strip() == expected
-    ids = docker.python("import os; print(os.getuid(), os.getgid(), os.getcwd())")
+    ids = docker.python("import os, pwd; e = pwd.getpwnam('mtproxy'); "
+                        "print(e.pw_uid, e.pw_gid, os.getcwd())")
     assert ids.stdout.split() == [str(IMAGE_UID), str(IMAGE_UID), "/data"]
+    # No file capability left on the interpreter (it broke --cap-drop ALL).
+    caps = docker.python("import os; print(os.getxattr('/usr/bin/python3.11', "
+                         "'security.capability'))", check=False)
+    assert "No data available" in caps.stderr, caps.stdout + caps.stderr
 
 
 def test_nothing_but_the_proxy_in_the_image(docker: Docker) -> None:
@@ -67,19 +75,24 @@ def test_nothing_but_the_proxy_in_the_image(docker: Docker) -> None:
 def test_data_volume_is_writable_and_persists(docker: Docker) -> None:
     volume = docker.volume()
     mount = f"{volume}:/data"
+    as_user = ("--user", f"{IMAGE_UID}:{IMAGE_UID}")
     docker.python(
         "import os; fd = os.open('/data/secret', os.O_WRONLY | os.O_CREAT, 0o600); "
         "os.write(fd, b'0123456789abcdef' * 2); os.close(fd)",
-        "-v", mount,
+        "-v", mount, *as_user,
     )
     again = docker.python(
-        "import os; st = os.stat('/data/secret'); "
-        "print(open('/data/secret').read(), st.st_uid, oct(st.st_mode & 0o777))",
-        "-v", mount,
+        "import os; st = os.stat('/data/secret'); d = os.stat('/data'); "
+        "print(open('/data/secret').read(), st.st_uid, oct(st.st_mode & 0o777), d.st_uid, "
+        "oct(d.st_mode & 0o7777))",
+        "-v", mount, *as_user,
     )
-    assert again.stdout.split() == ["0123456789abcdef" * 2, str(IMAGE_UID), "0o600"]
-    # Without -v, VOLUME /data gives an anonymous volume, also the proxy user's.
-    anonymous = docker.python("open('/data/probe', 'w').write('x'); print('written')")
+    # /data is the proxy user's and, like /tmp, writable by any --user (sticky bit).
+    assert again.stdout.split() == ["0123456789abcdef" * 2, str(IMAGE_UID), "0o600",
+                                    str(IMAGE_UID), "0o1777"]
+    # Without -v, VOLUME /data gives an anonymous volume, also writable by any user.
+    anonymous = docker.python("open('/data/probe', 'w').write('x'); print('written')",
+                              "--user", "65534:65534")
     assert anonymous.stdout.strip() == "written"
 
 
@@ -87,21 +100,21 @@ def test_read_only_root_filesystem(docker: Docker) -> None:
     """`--read-only` works: nothing but /data is ever written (no bytecode caches)."""
     volume = docker.volume()
     result = docker.python(
-        "import asyncio, ssl, urllib.request\n"
+        "import asyncio, ssl, urllib.request, uvloop, ctypes\n"
         "from cryptography.hazmat.primitives.ciphers import Cipher\n"
         "open('/data/ok', 'w').write('1')\n"
         "try:\n"
         "    open('/usr/lib/x', 'w')\n"
         "except OSError as exc:\n"
         "    print('refused', exc.errno)\n",
-        "--read-only", "-v", f"{volume}:/data",
+        "--read-only", "-v", f"{volume}:/data", "--user", f"{IMAGE_UID}:{IMAGE_UID}",
     )
     assert result.stdout.split()[0] == "refused"
 
 
 RUNTIME_PROBE = r"""
 import asyncio, hashlib, hmac, http.server, importlib.metadata, ipaddress, json, logging
-import logging.handlers, multiprocessing, secrets, ssl, tomllib, urllib.request, uuid
+import logging.handlers, mmap, fcntl, secrets, ssl, tomllib, urllib.request, uuid
 import wsgiref.simple_server, concurrent.futures, argparse
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.backends.openssl.backend import backend
@@ -176,79 +189,9 @@ asyncio.run(asyncio.wait_for(main(), 20))
 
 
 def test_network_none_binds_443_as_non_root(docker: Docker) -> None:
-    result = json.loads(docker.python(NONE_NETWORK_PROBE, network="none").stdout)
+    result = json.loads(docker.python(NONE_NETWORK_PROBE, "--user", f"{IMAGE_UID}:{IMAGE_UID}",
+                                      network="none").stdout)
     assert result == {"reply": "hello", "interfaces": ["lo"]}
-
-
-HOST_SERVER = r"""
-import asyncio, sys
-
-async def main(port):
-    done = asyncio.Event()
-    async def echo(reader, writer):
-        writer.write(b"echo:" + await reader.readexactly(5))
-        await writer.drain()
-        writer.close()
-        done.set()
-    server = await asyncio.start_server(echo, "127.0.0.1", port)
-    caps = [l for l in open("/proc/self/status") if l.startswith("CapEff:")][0].split()[1]
-    print("ready", caps, flush=True)
-    await asyncio.wait_for(done.wait(), 30)
-    server.close()
-
-asyncio.run(main(int(sys.argv[1])))
-"""
-
-
-def _free_privileged_port() -> int:
-    """A port below 1024 that nothing on the host's loopback listens on."""
-    candidates: list[int] = [443, *range(900, 1000)]
-    for port in candidates:
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    pytest.fail("no free privileged port on 127.0.0.1")
-
-
-def test_network_host_serves_a_host_client_on_a_privileged_port(docker: Docker) -> None:
-    """With --network host the host's ip_unprivileged_port_start applies (1024 by default):
-    the non-root user binds below it only thanks to the interpreter's file capability."""
-    port = _free_privileged_port()
-    name = f"mtproxy-test-{uuid.uuid4().hex[:12]}"
-    docker("run", "-d", "--rm", "--name", name, "--network", "host",
-           "--entrypoint", "/usr/bin/python3", docker.image, "-c", HOST_SERVER, str(port))
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            logs = docker("logs", name, check=False)
-            if "ready" in logs.stdout or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert "ready" in logs.stdout, f"server did not start: {logs.stdout}{logs.stderr}"
-        cap_eff = int(logs.stdout.split()[1], 16)
-        assert cap_eff == 1 << CAP_NET_BIND_SERVICE
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(b"hello")
-            reply = b""
-            while len(reply) < 10:
-                chunk = client.recv(10 - len(reply))
-                if not chunk:
-                    break
-                reply += chunk
-        assert reply == b"echo:hello"
-    finally:
-        docker("rm", "-f", name, check=False)
-
-
-def test_capability_needs_net_bind_service_in_the_bounding_set(docker: Docker) -> None:
-    """docs/container.md: with --cap-drop ALL, NET_BIND_SERVICE must be added back."""
-    refused = docker.run("--cap-drop", "NET_BIND_SERVICE", "--", "-c", "pass", check=False)
-    assert refused.returncode != 0
-    assert "operation not permitted" in refused.stderr
-    allowed = docker.run("--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", "--",
-                         "-c", "print('started')")
-    assert allowed.stdout.strip() == "started"
 
 
 def test_uvloop_exactly_when_built_with_the_fast_extra(docker: Docker) -> None:

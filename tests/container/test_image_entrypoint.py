@@ -47,6 +47,9 @@ def test_default_command_prints_the_official_lines(docker: Docker) -> None:
             f"tg://proxy?server={EXTERNAL}&port=443&secret={KEY}") in out
     assert f"[*]   t.me link for secret 1: https://t.me/proxy?server={EXTERNAL}&port=443" in out
     assert " --listen 0.0.0.0:443 " in out and " --data-dir /data " in out
+    # All modes, as the official image: the dd and fake-TLS links come with the classic one.
+    assert " --modes classic,secure,tls " in out and " --shutdown-grace 8 " in out
+    assert f"secret=dd{KEY}\n" in out and f"secret=ee{KEY}" in out
 
 
 def test_bad_secret_exits_1_in_the_image(docker: Docker) -> None:

@@ -54,10 +54,12 @@ def loopback_config(frontend: int, replica: int, stats: int) -> str:
 class Replica:
     """Stands in for one mtproxy replica started with --proxy-protocol."""
 
-    def __init__(self) -> None:
+    def __init__(self, draining: int = 0) -> None:
         self.headers: list[ProxyHeader] = []
         self.rejected = 0
         self.stats_requests: asyncio.Queue[bytes] = asyncio.Queue()
+        #: What /stats says: 1 once the proxy got SIGTERM and accepts no new clients.
+        self.draining = draining
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buf = b""
@@ -82,10 +84,11 @@ class Replica:
     async def stats(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await reader.readuntil(b"\r\n\r\n")
-            body = b"{}"
+            # The head of the real page (mtproxy.ops.snapshot.render_tsv).
+            body = f"pid\t1\nworkers\t1\ndraining\t{self.draining}\nreloads\t0\n".encode()
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 2\r\nConnection: close\r\n\r\n" + body
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
             )
             await writer.drain()
             await self.stats_requests.put(request)
@@ -155,3 +158,46 @@ async def test_shipped_haproxy_config_forwards_with_proxy_v2(tmp_path: Path) -> 
     assert header.version == 2
     assert header.command == "PROXY"
     assert header.destination == ("127.0.0.1", frontend)
+
+
+@pytest.mark.timeout_s(60)
+async def test_a_draining_replica_gets_no_new_clients(tmp_path: Path) -> None:
+    """The shipped health check reads the stats page: a replica that says it is draining
+    (it got SIGTERM and lets its sessions finish) is taken out of the backend."""
+    binary = require_binary("haproxy", "haproxy")
+    replica = Replica(draining=1)
+    client_server = await asyncio.start_server(replica.client, "127.0.0.1", 0)
+    stats_server = await asyncio.start_server(replica.stats, "127.0.0.1", 0)
+    frontend = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(loopback_config(frontend, client_server.sockets[0].getsockname()[1],
+                                   stats_server.sockets[0].getsockname()[1]))
+    log = (tmp_path / "haproxy.log").open("wb")
+    proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+    try:
+        async with client_server, stats_server:
+            # Every slot of the server-template points at this replica; each is marked
+            # down after 3 failed checks, 200 ms apart.
+            text = ""
+            for _ in range(200):
+                assert proc.poll() is None, text
+                text = (tmp_path / "haproxy.log").read_text()
+                if "0 active and 0 backup servers left" in text:
+                    break
+                await asyncio.sleep(0.05)
+            assert "0 active and 0 backup servers left" in text, text
+            assert "HTTP content check did not match" in text
+            reader, writer = await asyncio.open_connection("127.0.0.1", frontend)
+            writer.write(b"hello")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(100), 10) == b""
+            writer.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+    assert replica.headers == []

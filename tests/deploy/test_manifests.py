@@ -42,7 +42,16 @@ PROXY_PROTOCOL_ANNOTATIONS = {
 }
 # What the container understands: the drop-in variables of the official image
 # and the options of `mtproxy run`.
-CONTAINER_ENV = {"SECRET", "TAG", "WORKERS", "EXTERNAL_IP", "INTERNAL_IP", "PORT", "DEBUG"}
+CONTAINER_ENV = {
+    "SECRET", "TAG", "WORKERS", "EXTERNAL_IP", "INTERNAL_IP", "PORT", "DEBUG", "SHUTDOWN_GRACE",
+}
+# The image's HEALTHCHECK command; the Kubernetes probes run the same.
+HEALTHCHECK = ["/usr/bin/mtproxy", "healthcheck"]
+# The entrypoint's drain time when SHUTDOWN_GRACE is unset, and what the orchestrator must
+# add on top before its SIGKILL (the workers' exit, the last stats write).
+DEFAULT_SHUTDOWN_GRACE = 8.0
+STOP_MARGIN = 2.0
+ROOT_COMPOSE_FILE = DEPLOY.parent / "docker-compose.yml"
 EXTRA_ENV = {"PYTHONDONTWRITEBYTECODE"}
 RUN_OPTIONS_WITH_VALUE = {
     "--listen",
@@ -55,6 +64,7 @@ RUN_OPTIONS_WITH_VALUE = {
     "--max-connections",
     "--data-dir",
     "--config",
+    "--shutdown-grace",
 }
 RUN_FLAGS = {"--proxy-protocol"}
 SECRET_HEX = re.compile(r"[0-9a-fA-F]{32}")
@@ -99,6 +109,31 @@ def option(args: list[str], name: str) -> str | None:
 
 def port_of(hostport: str | None) -> int | None:
     return int(hostport.rsplit(":", 1)[1]) if hostport else None
+
+
+def shutdown_grace(args: list[str], env: dict[str, Any]) -> float:
+    """Seconds the proxy drains: --shutdown-grace, else SHUTDOWN_GRACE, else the default."""
+    value = option(args, "--shutdown-grace") or env.get("SHUTDOWN_GRACE")
+    return float(value) if value is not None else DEFAULT_SHUTDOWN_GRACE
+
+
+def compose_seconds(value: str | None) -> float:
+    """A compose duration such as 30s or 1m30s (Docker's default stop timeout: 10s)."""
+    text = value or "10s"
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a compose duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def compose_grace_problems(name: str, box: Obj) -> list[str]:
+    args = [str(a) for a in box.get("command", [])]
+    grace = shutdown_grace(args, dict(box.get("environment") or {}))
+    stop = compose_seconds(box.get("stop_grace_period"))
+    if stop < grace + STOP_MARGIN:
+        return [f"{name}: stop_grace_period {stop:g}s leaves the {grace:g} s drain no margin"]
+    return []
 
 
 # --- Kubernetes cross-checks --------------------------------------------------------
@@ -172,25 +207,23 @@ def kubernetes_problems(objects: list[Obj]) -> list[str]:
     if requires and not sends:
         problems.append("--proxy-protocol is set but no annotation makes a balancer send it")
 
-    # Probes
-    readiness, liveness = box.get("readinessProbe"), box.get("livenessProbe")
-    if not liveness or "tcpSocket" not in liveness:
-        problems.append("liveness must be a TCP probe on the client port")
-    elif (p := resolve_port(liveness["tcpSocket"]["port"], ports)) is None:
-        problems.append("liveness probe port is not a container port")
-    elif p["containerPort"] != listen_port:
-        problems.append("liveness probe does not hit the client port")
-    if not readiness or "httpGet" not in readiness:
-        problems.append("readiness must be an HTTP GET probe")
-    else:
-        get = readiness["httpGet"]
-        p = resolve_port(get["port"], ports)
-        if p is None:
-            problems.append("readiness probe port is not a container port")
-        elif p["containerPort"] != port_of(option(args, "--stats")):
-            problems.append("readiness probe port is not the --stats port")
-        if get.get("path") != "/stats":
-            problems.append("readiness probe must GET /stats")
+    # Probes: the image's own health check, which asks the --stats port.
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = box.get(kind) or {}
+        if probe.get("exec", {}).get("command") != HEALTHCHECK:
+            problems.append(f"{kind} must run {' '.join(HEALTHCHECK)}")
+    if option(args, "--stats") is None:
+        problems.append("the health check needs the --stats port")
+    stats_port = resolve_port("stats", ports)
+    if stats_port is None or stats_port["containerPort"] != port_of(option(args, "--stats")):
+        problems.append("the container port named stats is not the --stats port")
+
+    # Stopping: the drain must end before Kubernetes kills the pod.
+    grace = shutdown_grace(args, {e["name"]: e.get("value") for e in box.get("env", [])})
+    deadline = spec.get("terminationGracePeriodSeconds", 30)
+    if deadline < grace + STOP_MARGIN:
+        problems.append(f"terminationGracePeriodSeconds {deadline} leaves the {grace:g} s "
+                        "drain no margin")
 
     # Secrets and environment
     secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
@@ -306,6 +339,9 @@ def haproxy_problems(text: str) -> list[str]:
                 problems.append(f"{name}: {server[1]} does not send-proxy-v2")
             if "check" not in server:
                 problems.append(f"{name}: {server[1]} is not health-checked")
+        expects = [" ".join(ln[2:]) for ln in lines if ln[:2] == ["http-check", "expect"]]
+        if not any("draining" in e for e in expects):
+            problems.append(f"{name}: the health check must fail a replica that is draining")
         balance = [ln[1] for ln in lines if ln[0] == "balance"]
         if balance not in (["source"], ["leastconn"]):
             problems.append(f"{name} must balance source or leastconn")
@@ -364,6 +400,7 @@ def compose_problems(compose: Obj, haproxy_text: str) -> list[str]:
             problems.append(f"{name} gets no secret")
         if not set(env) <= CONTAINER_ENV | EXTRA_ENV:
             problems.append(f"{name} sets variables the container does not read")
+        problems += compose_grace_problems(name, box)
         listen = str(port_of(option(args, "--listen")))
         stats = str(port_of(option(args, "--stats")))
         targets = [s for s in servers if f"{name}:{listen}" in s]
@@ -506,14 +543,22 @@ K8S_BREAKERS: list[tuple[str, Callable[[list[Obj]], None], str]] = [
         "externalTrafficPolicy",
     ),
     (
-        "probe port",
-        lambda o: deployment_box(o)["livenessProbe"]["tcpSocket"].update(port="nope"),
-        "liveness probe port",
+        "liveness command",
+        lambda o: deployment_box(o)["livenessProbe"]["exec"].update(command=["true"]),
+        "livenessProbe must run",
     ),
     (
-        "readiness path",
-        lambda o: deployment_box(o)["readinessProbe"]["httpGet"].update(path="/"),
-        "GET /stats",
+        "readiness as http",
+        lambda o: deployment_box(o).update(readinessProbe={"httpGet": {"path": "/stats",
+                                                                       "port": "stats"}}),
+        "readinessProbe must run",
+    ),
+    (
+        "grace too short",
+        lambda o: one(o, "Deployment")["spec"]["template"]["spec"].update(
+            terminationGracePeriodSeconds=20
+        ),
+        "no margin",
     ),
     (
         "secret key",
@@ -622,6 +667,7 @@ COMPOSE_BREAKERS: list[tuple[str, Callable[[Obj], None], str]] = [
     ),
     ("port mismatch", lambda c: c["services"]["haproxy"].update(ports=["8443:8443"]), "binds"),
     ("no secret", lambda c: compose_box(c)["environment"].pop("SECRET"), "no secret"),
+    ("default stop timeout", lambda c: compose_box(c).pop("stop_grace_period"), "no margin"),
 ]
 
 
@@ -642,6 +688,7 @@ HAPROXY_BREAKERS = [
     ("    mode tcp", "    mode http", "mode"),
     ("balance source", "balance roundrobin", "balance source or leastconn"),
     (" check port", " port", "not health-checked"),
+    ("http-check expect rstring draining", "http-check expect rstring ready", "draining"),
 ]
 
 
@@ -653,6 +700,24 @@ def test_haproxy_essentials_catch(old: str, new: str, expected: str) -> None:
     assert old in text
     problems = haproxy_problems(text.replace(old, new))
     assert any(expected in p for p in problems), problems
+
+
+def test_root_compose_file_matches_schema_and_drains_in_time() -> None:
+    compose = load(ROOT_COMPOSE_FILE)[0]
+    assert [e.message for e in compose_validator().iter_errors(compose)] == []
+    box = compose["services"]["mtproxy"]
+    assert compose_grace_problems("mtproxy", box) == []
+    broken = dict(box, environment={"SHUTDOWN_GRACE": "29"})
+    assert compose_grace_problems("mtproxy", broken)
+    without = {k: v for k, v in box.items() if k != "stop_grace_period"}
+    assert compose_grace_problems("mtproxy", without)  # Docker's 10 s against 25 s
+
+
+def test_compose_durations() -> None:
+    assert compose_seconds("30s") == 30 and compose_seconds("1m30s") == 90
+    assert compose_seconds(None) == 10
+    with pytest.raises(ValueError):
+        compose_seconds("30")
 
 
 # --- the real haproxy binary --------------------------------------------------------

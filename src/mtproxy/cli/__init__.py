@@ -11,14 +11,13 @@ import sys
 from collections.abc import Callable
 
 from mtproxy import __version__
-from mtproxy.config.errors import ConfigError
 from mtproxy.errors import FatalError
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mtproxy.cli import doctor, links, run, secrets
+    from mtproxy.cli import doctor, healthcheck, links, run, secrets
 
     parser = argparse.ArgumentParser(
         prog="mtproxy",
@@ -26,10 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mtproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     run.register(sub)
     secrets.register(sub)
     links.register(sub)
     doctor.register(sub)
+    healthcheck.register(sub)
     sub.add_parser(
         "entrypoint", add_help=False,
         help="start like the official container (SECRET, TAG, ... and -H/-p/-S flags)",
@@ -45,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         from mtproxy.cli import entrypoint
 
         return entrypoint.main(args_list[1:])
+    if args_list[:1] == ["healthcheck"]:
+        # Run every few seconds in the container: spared the server's and the
+        # configuration's imports (this module imports neither at the top for that).
+        from mtproxy.cli import healthcheck
+
+        return healthcheck.main(args_list[1:])
+    from mtproxy.config.errors import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(args_list)
     handler: Command | None = getattr(args, "handler", None)

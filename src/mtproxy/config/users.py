@@ -191,8 +191,8 @@ def load_overlay(data_dir: Path) -> Overlay:
     fix = "fix it, or delete it to drop the API's changes"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return Overlay({})
+    except (FileNotFoundError, NotADirectoryError):
+        return Overlay({})  # nothing saved yet (or no data directory at all)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(str(path), f"unreadable ({exc}); {fix}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("users", []), list):
