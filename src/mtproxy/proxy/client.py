@@ -151,7 +151,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.proxy_header is not None:
             self.close()
         elif self.handshake is not None:
-            self._reject(Rejected("eof"))
+            self._reject(self.handshake.abort("eof"))
         elif self.upstream is not None:
             self.upstream.write_eof()
             if self.upstream.eof:
@@ -243,7 +243,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.stats.proxy_protocol_errors += 1
             self.close(abort=True)
         elif self.handshake is not None and not self.closed:
-            self._reject(Rejected("timeout"))
+            self._reject(self.handshake.abort("timeout"))
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
