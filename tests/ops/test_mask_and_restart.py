@@ -87,7 +87,7 @@ async def test_the_fake_answer_copies_the_measured_site(tmp_path: Path) -> None:
                 sizes.add(info.appdata_len)
             # One record as long on the wire as the site's records together, every time.
             assert sizes == {sum(5 + n for n in records) - 5}
-            status, metrics = await proxy.get("/metrics")
+            _, metrics = await proxy.get("/metrics")
             assert "mtproxy_mask_up 1.0" in metrics
             assert 'mtproxy_mask_profile_info{source="fetched"} 1.0' in metrics
             assert (await proxy.stats())["mask_profile_source"] == "fetched"
@@ -128,7 +128,7 @@ async def test_a_mask_host_that_is_down_is_said_loudly(tmp_path: Path) -> None:
         stored = profile_of(tmp_path / "data")
         assert stored is not None and stored["source"] == "drawn"
         assert sizes == {stored["records"][0]}  # type: ignore[index]
-        status, metrics = await proxy.get("/metrics")
+        _, metrics = await proxy.get("/metrics")
         assert "mtproxy_mask_up 0.0" in metrics
     finally:
         await proxy.stop()
