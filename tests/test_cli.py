@@ -41,7 +41,8 @@ class Running:
         )
         self.lines: list[str] = []
 
-    def read_links(self, timeout: float = 20) -> list[str]:
+    def read_links(self, timeout: float = 20, last: str = "tls") -> list[str]:
+        """Lines up to the https link of mode ``last`` (links come tls, secure, classic)."""
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
@@ -52,7 +53,7 @@ class Running:
             if (
                 line.strip().startswith("https://t.me/")
                 and "secret=" in line
-                and any("classic" in x for x in self.lines[-2:])
+                and any(f" {last} " in f" {x} " for x in self.lines[-2:])
             ):
                 return self.lines
         raise AssertionError(f"no links printed: {self.lines} {self.stop()}")
@@ -123,7 +124,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         env_for(tmp_path),
     )
     try:
-        lines = proc.read_links()
+        lines = proc.read_links(last="classic")
     finally:
         proc.stop()
     shown = secrets_in(lines)

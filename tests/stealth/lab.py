@@ -7,9 +7,10 @@ sends every probe of the issue's table once straight to nginx and once to the pr
 prints one JSON object with what each side did: the bytes, how and when the connection
 ended, the ServerHello's shape, and what TDLib (the real client) made of the proxy.
 
-``python tests/stealth/lab.py --timers`` (inside ``unshare -n``) measures the slow rows
-instead: when each side ends a connection that sends nothing, one byte, or half a
-ClientHello, and whether TCP keep-alive probes arrive before that (tcpdump).
+``unshare -n python tests/stealth/lab.py DIR --timers`` measures the slow rows instead
+(90 s): when each side ends a connection that sends nothing, one byte, or half a
+ClientHello, and the TCP keep-alive probes each side sends before that (a tcpdump
+capture of the namespace's loopback; apt-get install tcpdump).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -35,9 +37,9 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parents[1] / "src")]
 
 from fakes import FakeDC, TelethonAuthResponder, build_client_hello  # noqa: E402
 from fakes.tls_site import write_self_signed  # noqa: E402
-from stealth import tdlib  # noqa: E402
 
 from mtproxy.protocol.tlsprofile import build_probe_hello, parse_flight, split_records  # noqa: E402
+from stealth import tdlib  # noqa: E402
 
 DOMAIN = "www.example.com"
 SECRET = bytes.fromhex("5ec2e7000000000000000000000000a1")
@@ -351,10 +353,136 @@ async def run(workdir: Path) -> dict[str, Any]:
         return results
 
 
+# -- the slow rows: timers and keep-alive ------------------------------------------------------
+
+
+def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
+    """(time, source port, destination port, seq, flags, payload length) of IPv4 TCP
+    segments in a pcap file from ``tcpdump -i lo`` (Ethernet link type)."""
+    magic = pcap[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    scale = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+    out = []
+    pos = 24
+    while pos + 16 <= len(pcap):
+        sec, frac, incl = struct.unpack(endian + "III", pcap[pos : pos + 12])
+        frame = pcap[pos + 16 : pos + 16 + incl]
+        pos += 16 + incl
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = int.from_bytes(ip[2:4], "big")
+        tcp = ip[ihl:]
+        sport, dport, seq = struct.unpack(">HHI", tcp[:8])
+        hlen = (tcp[12] >> 4) * 4
+        out.append((sec + frac * scale, sport, dport, seq, tcp[13], total - ihl - hlen))
+    return out
+
+
+def keepalives(segments: list[tuple[float, int, int, int, int, int]], server: int,
+               client: int) -> list[float]:
+    """Times of keep-alive probes from ``server`` to ``client``: an empty ACK one byte
+    below what the server already sent."""
+    times = []
+    next_seq = None
+    for when, sport, dport, seq, flags, size in segments:
+        if (sport, dport) != (server, client):
+            continue
+        if next_seq is not None and size == 0 and flags == 0x10 and seq == (next_seq - 1) % 2**32:
+            times.append(when)
+        end = seq + size + (1 if flags & 0x03 else 0)  # SYN and FIN count one
+        next_seq = end if next_seq is None else max(next_seq, end)
+    return times
+
+
+async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
+    """Like :func:`measure`, and the client port (to find its packets in the capture)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    started = time.monotonic()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    local = sock.getsockname()[1]
+    if data:
+        await loop.sock_sendall(sock, data)
+    got = bytearray()
+    ttfb = closed = None
+    close = "open"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(listen):
+            while True:
+                try:
+                    chunk = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    closed, close = time.monotonic() - started, "rst"
+                    break
+                if not chunk:
+                    closed, close = time.monotonic() - started, "fin"
+                    break
+                ttfb = ttfb if ttfb is not None else time.monotonic() - started
+                got += chunk
+    sock.close()
+    return local, Seen(got.hex(), ttfb, closed, close)
+
+
+async def run_timers(workdir: Path, listen: float) -> dict[str, Any]:
+    """When each side ends an undecided connection, and which side sends keep-alives."""
+    bring_loopback_up()
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = nginx_config(workdir)
+    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1] / "src"))
+    pcap = workdir / "lo.pcap"
+    tcpdump = shutil.which("tcpdump")
+    probes = {
+        "nothing": b"",
+        "one_byte_0x16": b"\x16",
+        "half_hello": build_client_hello(SECRET, DOMAIN)[:100],
+    }
+    async with (
+        FakeDC(TelethonAuthResponder()) as dc,
+        process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
+        process(proxy_cmd(workdir, dc.port), workdir / "proxy.log", env=env),
+    ):
+        await wait_port(NGINX_PORT)
+        await wait_port(PROXY_PORT)
+        capture = None
+        if tcpdump:
+            capture = subprocess.Popen(
+                [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            await asyncio.sleep(1.0)
+        jobs = []
+        for name, data in probes.items():
+            for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT)):
+                jobs.append((name, side, port, timed(port, data, listen)))
+        done = await asyncio.gather(*(job for *_, job in jobs))
+        if capture is not None:
+            capture.send_signal(signal.SIGINT)
+            capture.wait(10)
+    segments = tcp_segments(pcap.read_bytes()) if pcap.exists() else []
+    rows: dict[str, Any] = {}
+    for (name, side, port, _), (client, seen) in zip(jobs, done, strict=True):
+        first = next((t for t, sp, dp, *_ in segments if dp == port and sp == client), None)
+        probes_at = None
+        if first is not None:
+            probes_at = [round(t - first, 1) for t in keepalives(segments, port, client)]
+        rows.setdefault(name, {})[side] = {
+            "close": seen.close, "closed": seen.closed, "bytes": len(seen.data) // 2,
+            "keepalives_at": probes_at,
+        }  # fmt: skip
+    return {"listen": listen, "tcpdump": bool(tcpdump), "rows": rows}
+
+
 def main() -> None:
-    workdir = Path(sys.argv[1])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    workdir = Path(args[0] if args else "/tmp/mtproxy-lab")
     workdir.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(asyncio.run(run(workdir))))
+    if "--timers" in sys.argv:
+        print(json.dumps(asyncio.run(run_timers(workdir, 90.0)), indent=1))
+    else:
+        print(json.dumps(asyncio.run(run(workdir))))
 
 
 if __name__ == "__main__":
