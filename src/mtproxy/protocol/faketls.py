@@ -167,23 +167,65 @@ def check_hello_prefix(data: bytes | bytearray) -> None:
 
     Everything :func:`parse_client_hello` checks is checked on what has arrived, so a
     prefix of a record it accepts is never refused (the HMAC, time and SNI checks
-    need the whole record and are not made here).
+    need the whole record and are not made here). :class:`HelloCheck` is the same,
+    resumable, for bytes that keep arriving.
     """
-    head = bytes(data[:RECORD_HEADER_LEN])
-    if head[:1] not in (b"", bytes([TYPE_HANDSHAKE])) or head[1:2] not in (b"", b"\x03"):
-        raise TlsError("not a TLS handshake record")
-    if len(head) > 2 and head[2] not in (1, 3):
-        raise TlsError("not a TLS handshake record")
-    if len(head) < RECORD_HEADER_LEN:
-        return
-    total = hello_record_length(head)
-    try:
-        _parse_hello(data[:total], total)
-    except _Incomplete:
-        return
+    HelloCheck().check(data)
 
 
-def _parse_hello(record: bytes | bytearray, total: int) -> ClientHello:
+class HelloCheck:
+    """:func:`check_hello_prefix` over a growing buffer, looking at each byte about once.
+
+    The fixed fields (up to the extensions) are parsed again until they have all
+    arrived; then each extension is checked when its bytes are there.
+    """
+
+    __slots__ = ("_end", "_pos", "_total")
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._pos = -1  # next extension to check, once the fixed fields are done
+        self._end = 0
+
+    def check(self, data: bytes | bytearray) -> None:
+        if not self._total:
+            head = bytes(data[:RECORD_HEADER_LEN])
+            if head[:1] not in (b"", b"\x16") or head[1:2] not in (b"", b"\x03"):
+                raise TlsError("not a TLS handshake record")
+            if len(head) > 2 and head[2] not in (1, 3):
+                raise TlsError("not a TLS handshake record")
+            if len(head) < RECORD_HEADER_LEN:
+                return
+            self._total = hello_record_length(head)
+        if self._pos < 0:
+            try:
+                fields = _hello_fields(data, self._total)
+            except _Incomplete:
+                return
+            exts = fields[3]
+            self._pos, self._end = (exts.pos, exts.end) if exts is not None else (0, 0)
+        avail = min(len(data), self._total)
+        pos, end = self._pos, self._end
+        while pos < end:
+            if end - pos < 4:
+                raise TlsError("truncated ClientHello")
+            if avail < pos + 4:
+                break
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            if pos + 4 + length > end:
+                raise TlsError("a ClientHello length field overruns its container")
+            if data[pos] == 0 and data[pos + 1] == 0:  # server_name
+                if avail < pos + 4 + length:
+                    break
+                _server_names(_Cursor(data, pos + 4, pos + 4 + length))
+            pos += 4 + length
+        self._pos = pos
+
+
+def _hello_fields(
+    record: bytes | bytearray, total: int
+) -> tuple[bytes, bytes, tuple[int, ...], _Cursor | None]:
+    """random, session id, suites and the extensions (a cursor) of a ClientHello record."""
     cur = _Cursor(record, RECORD_HEADER_LEN, total)
     if cur.uint(1) != 1:
         raise TlsError("handshake message is not a ClientHello")
@@ -199,19 +241,23 @@ def _parse_hello(record: bytes | bytearray, total: int) -> ClientHello:
     suites_cur = body.sub(2)
     if suites_cur.left % 2 or not suites_cur.left:
         raise TlsError("malformed cipher suite list")
-    suites = tuple(suites_cur.uint(2) for _ in range(suites_cur.left // 2))
+    count = suites_cur.left // 2
+    suites: tuple[int, ...] = struct.unpack(f">{count}H", suites_cur.take(2 * count))
     body.sub(1)  # compression methods
+    return random, session_id, suites, body.sub(2) if body.left else None
+
+
+def _parse_hello(record: bytes | bytearray, total: int) -> ClientHello:
+    random, session_id, suites, exts = _hello_fields(record, total)
     names: list[str] = []
     groups: list[int] = []
-    if body.left:
-        exts = body.sub(2)
-        while exts.left:
-            ext_type = exts.uint(2)
-            ext = exts.sub(2)
-            if ext_type == EXT_SERVER_NAME:
-                names += _server_names(ext)
-            elif ext_type == EXT_KEY_SHARE:
-                groups += _key_share_groups(ext)
+    while exts is not None and exts.left:
+        ext_type = exts.uint(2)
+        ext = exts.sub(2)
+        if ext_type == EXT_SERVER_NAME:
+            names += _server_names(ext)
+        elif ext_type == EXT_KEY_SHARE:
+            groups += _key_share_groups(ext)
     return ClientHello(random, session_id, suites, tuple(names), tuple(groups))
 
 

@@ -91,6 +91,7 @@ class ServerHandshake:
     _done: bool = False
     #: Candidates still open: fake TLS, and obfuscated2 (classic or dd).
     _tls_open: bool = True
+    _hello_check: faketls.HelloCheck = field(default_factory=faketls.HelloCheck)
     _obfs_open: bool = True
     #: Why the opening fails once no candidate is left: (precedence, reason). Bytes
     #: that begin like a ClientHello get the fake-TLS reason; otherwise obfuscated2's
@@ -182,15 +183,16 @@ class ServerHandshake:
     def _feed_hello(self, now: float) -> Event | None:
         raw = self.raw
         try:
-            faketls.check_hello_prefix(raw)
+            if len(raw) < faketls.RECORD_HEADER_LEN:
+                return None
+            total = faketls.hello_record_length(bytes(raw[: faketls.RECORD_HEADER_LEN]))
+            if len(raw) < total:
+                # Checked as it arrives; a whole record is parsed (and checked) below.
+                self._hello_check.check(raw)
+                return None
         except TlsError:
             self._tls_open = False
             self._rule_out(2, "tls_malformed")
-            return None
-        if len(raw) < faketls.RECORD_HEADER_LEN:
-            return None
-        total = faketls.hello_record_length(bytes(raw[: faketls.RECORD_HEADER_LEN]))
-        if len(raw) < total:
             return None
         if len(raw) > total:
             return Rejected("tls_extra_data")
