@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,6 +48,10 @@ NGINX_PORT, PROXY_PORT = 8443, 443
 #: TDLib's built-in production RSA key (its fingerprint; the fake DC offers it in resPQ).
 TDLIB_KEY_FINGERPRINT = 0xD09D1D85DE64FD85
 HTTP_GET = f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
+#: Another proxy to put in front of nginx (e.g. an older checkout's src/, for a before and
+#: after), and how long the quick probes listen.
+PROXY_SRC = Path(os.environ.get("MTPROXY_LAB_SRC", HERE.parents[1] / "src"))
+LISTEN = float(os.environ.get("MTPROXY_LAB_LISTEN", "3"))
 
 
 @dataclass
@@ -327,7 +332,7 @@ async def run(workdir: Path) -> dict[str, Any]:
     responder = TelethonAuthResponder(fingerprints=(TDLIB_KEY_FINGERPRINT,))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     conf = nginx_config(workdir)
-    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
     async with (
         FakeDC(responder) as dc,
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
@@ -341,9 +346,10 @@ async def run(workdir: Path) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.05)
         results: dict[str, Any] = {
-            "http_get": await both(HTTP_GET),
-            "random16": await both(bytes.fromhex("5a" * 16)),
-            "tls_alert": await both(b"\x15\x03\x01\x00\x02\x02\x28"),
+            "http_get": await both(HTTP_GET, listen=LISTEN),
+            # Seeded random bytes that do not start like a ClientHello (fake TLS alone).
+            "random16": await both(random.Random(16).randbytes(16), listen=LISTEN),
+            "tls_alert": await both(b"\x15\x03\x01\x00\x02\x02\x28", listen=LISTEN),
             "probe_hello": await both(build_probe_hello(DOMAIN), listen=1.0),
             "server_hello": await server_hello_shapes(),
             "valid_hello_then_fin": await valid_hello_then_fin(),
@@ -431,7 +437,7 @@ async def run_timers(workdir: Path, listen: float) -> dict[str, Any]:
     bring_loopback_up()
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     conf = nginx_config(workdir)
-    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
     pcap = workdir / "lo.pcap"
     tcpdump = shutil.which("tcpdump")
     probes = {
