@@ -14,6 +14,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,8 +34,9 @@ from fakes import (
 )
 from fakes.obfs import make_initiator_header
 from fakes.tls_site import TlsSite
+from system_tools import require_binary
 
-from ops.helpers import SECRET, ProxyProc, free_port
+from ops.helpers import ROOT, SECRET, ProxyProc, free_port
 
 DOMAIN = "www.example.com"
 SITE_REPLY = b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n"
@@ -134,16 +137,31 @@ async def test_a_mask_host_that_is_down_is_said_loudly(tmp_path: Path) -> None:
         await proxy.stop()
 
 
-async def test_an_unresolvable_mask_host_is_said_loudly(tmp_path: Path) -> None:
-    proxy = await ProxyProc.start(
-        tmp_path, "--tls-domain", DOMAIN, "--mask", "mask.invalid:443",
-    )  # fmt: skip
+def test_an_unresolvable_mask_host_is_said_loudly(tmp_path: Path) -> None:
+    """In a private network namespace, so that the name lookup leaves no trace outside."""
+    unshare = require_binary("unshare", "util-linux")
+    require_binary("ip", "iproute2")
+    cmd = [unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+           sys.executable, "-m", "mtproxy", "run", "--listen", "127.0.0.1:443",
+           "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "mask.invalid:443",
+           "--data-dir", str(tmp_path / "data"), "--public-host", "127.0.0.1",
+           "--stats", "off"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    line = ""
     try:
-        await proxy.wait_stat("mask_up", 0, timeout=20)
-        line = next(x for x in proxy.log().splitlines() if "is unreachable" in x)
-        assert "mask.invalid:443" in line and "cannot resolve mask.invalid" in line
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "is unreachable" not in line:
+            line = proc.stderr.readline()
+            if not line:
+                break
     finally:
-        await proxy.stop()
+        proc.terminate()
+        proc.wait(15)
+    assert "WARNING" in line and "mask.invalid:443" in line, line
+    assert "cannot resolve mask.invalid" in line and "fix:" in line
 
 
 # -- replay protection across restarts --------------------------------------------------------
