@@ -45,6 +45,8 @@ from stealth import tdlib  # noqa: E402
 DOMAIN = "www.example.com"
 SECRET = bytes.fromhex("5ec2e7000000000000000000000000a1")
 NGINX_PORT, PROXY_PORT = 8443, 443
+#: A second proxy whose mask host is down (nothing listens on DOWN_PORT).
+DOWN_PROXY_PORT, DOWN_PORT = 444, 8444
 #: TDLib's built-in production RSA key (its fingerprint; the fake DC offers it in resPQ).
 TDLIB_KEY_FINGERPRINT = 0xD09D1D85DE64FD85
 HTTP_GET = f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
@@ -127,11 +129,13 @@ async def process(cmd: list[str], log: Path, **kw: Any) -> Any:
                 proc.wait()
 
 
-def proxy_cmd(workdir: Path, dc_port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{PROXY_PORT}",
+def proxy_cmd(
+    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT, mask: int = NGINX_PORT
+) -> list[str]:
+    return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
             "--secret", SECRET.hex(), "--tls-domain", DOMAIN,
-            "--mask", f"127.0.0.1:{NGINX_PORT}", "--dc", f"2=127.0.0.1:{dc_port}",
-            "--public-host", "127.0.0.1", "--data-dir", str(workdir / "proxy-data"),
+            "--mask", f"127.0.0.1:{mask}", "--dc", f"2=127.0.0.1:{dc_port}",
+            "--public-host", "127.0.0.1", "--data-dir", str(workdir / f"proxy-data-{port}"),
             "--stats", "off", "--log-level", "info", *extra]  # fmt: skip
 
 
@@ -204,6 +208,19 @@ async def server_hello_shapes() -> dict[str, Any]:
 async def valid_hello_then_fin() -> dict[str, Any]:
     seen = await measure(PROXY_PORT, build_client_hello(SECRET, DOMAIN), eof=True, listen=5.0)
     return {"seen": asdict(seen), "records": record_shape(seen.data)}
+
+
+async def mask_down(workdir: Path) -> dict[str, Any]:
+    """A site that is down refuses the connection; a proxy in front of it accepts, then
+    closes. The difference stays (a prober can see it): the proxy says so, loudly."""
+    try:
+        site: dict[str, Any] = asdict(await measure(DOWN_PORT, HTTP_GET))
+    except ConnectionRefusedError:
+        site = {"close": "refused"}
+    proxy = asdict(await measure(DOWN_PROXY_PORT, HTTP_GET))
+    log = (workdir / "proxy-down.log").read_text(errors="replace")
+    warning = next((line for line in log.splitlines() if "is unreachable" in line), "")
+    return {"site": site, "proxy": proxy, "warning": warning}
 
 
 # -- TDLib, and what it accepts ------------------------------------------------------------------
@@ -337,12 +354,15 @@ async def run(workdir: Path) -> dict[str, Any]:
         FakeDC(responder) as dc,
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
         process(proxy_cmd(workdir, dc.port), workdir / "proxy.log", env=env),
+        process(proxy_cmd(workdir, dc.port, port=DOWN_PROXY_PORT, mask=DOWN_PORT),
+                workdir / "proxy-down.log", env=env),
     ):
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
+        await wait_port(DOWN_PROXY_PORT)
         # The proxy measures nginx at start-up; give that a moment to land.
         for _ in range(100):
-            if (workdir / "proxy-data" / "mask-profile.json").exists():
+            if (workdir / f"proxy-data-{PROXY_PORT}" / "mask-profile.json").exists():
                 break
             await asyncio.sleep(0.05)
         results: dict[str, Any] = {
@@ -355,6 +375,7 @@ async def run(workdir: Path) -> dict[str, Any]:
             "valid_hello_then_fin": await valid_hello_then_fin(),
             "tdlib": await tdlib_checks(responder) if tdlib.available() else None,
         }
+        results["mask_down"] = await mask_down(workdir)
         results["proxy_log"] = (workdir / "proxy.log").read_text(errors="replace")[-4000:]
         return results
 

@@ -96,3 +96,12 @@ def test_tdlib_reads_exactly_one_record_after_the_server_hello(lab: dict[str, An
 def test_tdlib_takes_full_tls13_records(lab: dict[str, Any], size: str) -> None:
     """Records of 16 401 bytes (16 384 + TLS 1.3's 17) reach TDLib's framing intact."""
     assert tdlib_results(lab)[size]["dh_params_ok"] == 1
+
+
+def test_a_mask_host_that_is_down_is_said_loudly(lab: dict[str, Any]) -> None:
+    """Not like the site (it would refuse the connection): documented, and a WARNING."""
+    down = lab["mask_down"]
+    assert down["site"]["close"] == "refused"
+    assert down["proxy"]["close"] == "fin" and down["proxy"]["data"] == ""
+    assert "WARNING" in down["warning"] and "127.0.0.1:8444" in down["warning"]
+    assert "fix:" in down["warning"]
