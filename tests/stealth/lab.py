@@ -7,6 +7,9 @@ sends every probe of the issue's table once straight to nginx and once to the pr
 prints one JSON object with what each side did: the bytes, how and when the connection
 ended, the ServerHello's shape, and what TDLib (the real client) made of the proxy.
 
+It also measures the sizes of the records after the handshake: a bulk download from nginx
+and through the proxy from a fake DC, and a few small writes of the fake DC.
+
 ``unshare -n python tests/stealth/lab.py DIR --timers`` measures the slow rows instead
 (90 s): when each side ends a connection that sends nothing, one byte, or half a
 ClientHello, and the TCP keep-alive probes each side sends before that (a tcpdump
@@ -36,7 +39,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parents[1] / "src")]
 
-from fakes import FakeDC, TelethonAuthResponder, build_client_hello  # noqa: E402
+from fakes import (  # noqa: E402
+    TAG_PADDED,
+    DcConn,
+    FakeDC,
+    TelethonAuthResponder,
+    build_client_hello,
+    open_faketls,
+)
 from fakes.tls_site import write_self_signed  # noqa: E402
 
 from mtproxy.protocol.tlsprofile import build_probe_hello, parse_flight, split_records  # noqa: E402
@@ -50,6 +60,10 @@ DOWN_PROXY_PORT, DOWN_PORT = 444, 8444
 #: TDLib's built-in production RSA key (its fingerprint; the fake DC offers it in resPQ).
 TDLIB_KEY_FINGERPRINT = 0xD09D1D85DE64FD85
 HTTP_GET = f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
+#: Bytes of the bulk download (from nginx: a file; through the proxy: from a fake DC).
+BULK = 2 << 20
+#: What the fake DC writes in the small-writes probe, one write at a time.
+SMALL_WRITES = (1, 4, 17, 40, 3)
 #: Another proxy to put in front of nginx (e.g. an older checkout's src/, for a before and
 #: after), and how long the quick probes listen.
 PROXY_SRC = Path(os.environ.get("MTPROXY_LAB_SRC", HERE.parents[1] / "src"))
@@ -74,6 +88,7 @@ def nginx_config(workdir: Path) -> Path:
     cert, key = write_self_signed(workdir / "certs", DOMAIN, rsa_bits=2048)
     (workdir / "www").mkdir(exist_ok=True)
     (workdir / "www" / "index.html").write_text("<html><body>a web site</body></html>\n")
+    (workdir / "www" / "big.bin").write_bytes(random.Random(1).randbytes(BULK))
     temp = workdir / "nginx-tmp"
     temp.mkdir(exist_ok=True)
     conf = workdir / "nginx.conf"
@@ -130,10 +145,12 @@ async def process(cmd: list[str], log: Path, **kw: Any) -> Any:
 
 
 def proxy_cmd(
-    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT, mask: int = NGINX_PORT
+    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT, mask: int = NGINX_PORT,
+    source_port: int = 0,
 ) -> list[str]:
+    dcs = ["--dc", f"3=127.0.0.1:{source_port}"] if source_port else []
     return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
-            "--secret", SECRET.hex(), "--tls-domain", DOMAIN,
+            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, *dcs,
             "--mask", f"127.0.0.1:{mask}", "--dc", f"2=127.0.0.1:{dc_port}",
             "--public-host", "127.0.0.1", "--data-dir", str(workdir / f"proxy-data-{port}"),
             "--stats", "off", "--log-level", "info", *extra]  # fmt: skip
@@ -221,6 +238,117 @@ async def mask_down(workdir: Path) -> dict[str, Any]:
     log = (workdir / "proxy-down.log").read_text(errors="replace")
     warning = next((line for line in log.splitlines() if "is unreachable" in line), "")
     return {"site": site, "proxy": proxy, "warning": warning}
+
+
+# -- record sizes after the handshake (the relay's rework will change these) ------------------
+
+
+async def source_handler(conn: DcConn) -> None:
+    """The fake DC of the record-size probes: small writes, a pause, then a bulk stream."""
+    first = await conn.read(1)  # the client's "go" (1 = small writes, 2 = bulk)
+    if first == b"\x01":
+        for size in SMALL_WRITES:
+            conn.write(bytes(size))
+            await conn.drain()
+            await asyncio.sleep(0.05)
+    else:
+        data = random.Random(2).randbytes(BULK)
+        for start in range(0, BULK, 1 << 16):
+            conn.write(data[start : start + (1 << 16)])
+            await conn.drain()
+    conn.write_eof()
+
+
+class RecordLog:
+    """Wraps a fake-TLS stream's record reader to note every record's length."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+        self._buf = bytearray()
+        self.pending = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        while len(self._buf) >= 5 and len(self._buf) >= 5 + int.from_bytes(self._buf[3:5], "big"):
+            size = int.from_bytes(self._buf[3:5], "big")
+            if self._buf[0] == 0x17:
+                self.sizes.append(size)
+            del self._buf[: 5 + size]
+        out: bytes = self.inner.feed(data)
+        self.pending = self.inner.pending
+        return out
+
+
+async def proxy_records(go: bytes, want: int) -> list[int]:
+    stream = await open_faketls("127.0.0.1", PROXY_PORT, SECRET, DOMAIN, TAG_PADDED, 3)
+    log = RecordLog(stream._tls_in)
+    stream._tls_in = log  # type: ignore[assignment]
+    async with stream:
+        stream.write(go)
+        await stream.drain()
+        got = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(20):
+                while got < want:
+                    chunk = await stream.read(1 << 16)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+    return log.sizes
+
+
+async def site_records() -> list[int]:
+    """A real TLS 1.3 client downloading the file from nginx; the sizes of what it read."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    reader, writer = await asyncio.open_connection("127.0.0.1", NGINX_PORT)
+    log = RecordLog(_Passthrough())
+    request = f"GET /big.bin HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
+    sent = False
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                if not sent:
+                    tls.do_handshake()
+                    tls.write(request.encode())
+                    sent = True
+                while tls.read(1 << 16):
+                    pass
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            if outgoing.pending:
+                writer.write(outgoing.read())
+            raw = await reader.read(1 << 16)
+            if not raw:
+                break
+            log.feed(raw)
+            incoming.write(raw)
+    writer.close()
+    return log.sizes[4:]  # after the handshake's own encrypted records
+
+
+class _Passthrough:
+    pending = 0
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+
+async def record_sizes() -> dict[str, Any]:
+    return {
+        "site_bulk": await site_records(),
+        "proxy_bulk": await proxy_records(b"\x02", BULK),
+        "proxy_small": await proxy_records(b"\x01", sum(SMALL_WRITES)),
+    }
 
 
 # -- TDLib, and what it accepts ------------------------------------------------------------------
@@ -352,8 +480,10 @@ async def run(workdir: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
     async with (
         FakeDC(responder) as dc,
+        FakeDC(source_handler) as source,
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
-        process(proxy_cmd(workdir, dc.port), workdir / "proxy.log", env=env),
+        process(proxy_cmd(workdir, dc.port, source_port=source.port), workdir / "proxy.log",
+                env=env),
         process(proxy_cmd(workdir, dc.port, port=DOWN_PROXY_PORT, mask=DOWN_PORT),
                 workdir / "proxy-down.log", env=env),
     ):
@@ -376,6 +506,7 @@ async def run(workdir: Path) -> dict[str, Any]:
             "tdlib": await tdlib_checks(responder) if tdlib.available() else None,
         }
         results["mask_down"] = await mask_down(workdir)
+        results["records"] = await record_sizes()
         results["proxy_log"] = (workdir / "proxy.log").read_text(errors="replace")[-4000:]
         return results
 
