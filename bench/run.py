@@ -102,6 +102,7 @@ def proxy_command(port: int, dc_port: int, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
            "--event-loop", EVENT_LOOP,
            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
+           "--modes", "classic,secure,tls",
            "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600",
            "--stats", "off"]
     for dc in (DC_ECHO, DC_SOURCE, DC_SINK, DC_IDLE):
@@ -212,6 +213,7 @@ def middle_command(port: int, config: Path, secret: Path, data_dir: Path) -> lis
     return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
             "--event-loop", EVENT_LOOP,
             "--secret", SECRET.hex(), "--tls-domain", DOMAIN, "--mask", "off",
+            "--modes", "classic,secure,tls",
             "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600",
             "--tag", AD_TAG, "--proxy-config", str(config), "--proxy-secret", str(secret),
             "--data-dir", str(data_dir), "--middle-min-connections", "2",

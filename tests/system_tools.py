@@ -20,3 +20,14 @@ def require_binary(name: str, package: str) -> str:
             pytest.fail(f"{hint}: CI must provide it")
         pytest.skip(hint)
     return path
+
+
+def require_module(name: str, package: str | None = None) -> None:
+    """A Python package some tests drive (e.g. TDLib's ``tdjson``): skip or fail like above."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        hint = f"Python package {name} not installed (pip install {package or name})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{hint}: CI must provide it")
+        pytest.skip(hint)

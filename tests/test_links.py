@@ -150,7 +150,8 @@ def write_secret(data_dir: Path, text: str) -> None:
 
 def test_links_from_the_data_directory_with_qr_codes(tmp_path: Path) -> None:
     write_secret(tmp_path, f"{KEY.upper()},{KEY2}\n")
-    result = links("--data-dir", str(tmp_path), "--public-host", "203.0.113.7", "--port", "8443")
+    result = links("--data-dir", str(tmp_path), "--public-host", "203.0.113.7", "--port", "8443",
+                   "--modes", "classic,secure,tls")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"secret 1: {KEY}" in out and f"secret 2: {KEY2}" in out

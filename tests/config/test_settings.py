@@ -158,6 +158,7 @@ CASES: dict[str, Case] = {
     "idle_timeout": floats("--idle-timeout", "idle_timeout", 5, 86400),
     "half_close_timeout": floats("--half-close-timeout", "half_close_timeout", 1, 3600),
     "connect_timeout": floats("--connect-timeout", "connect_timeout", 0.5, 120),
+    "mask_check_interval": floats("--mask-check-interval", "mask_check_interval", 1, 86400),
     "replay_cache_size": ints("--replay-cache-size", "replay_cache_size", 1, 50_000_000),
     "replay_window": floats("--replay-window", "replay_window", 10, 86400),
     "tls_max_future": floats("--tls-max-future", "tls_max_future", 0, 86400),
@@ -438,3 +439,9 @@ def test_at_most_16_secrets() -> None:
         parse_cli(argv)
     assert "secrets" in info.value.where and "at most 16" in info.value.problem
     assert len(parse_cli(argv[:32]).secrets) == 16
+
+
+def test_run_accepts_fake_tls_alone_by_default() -> None:
+    """Classic and dd openings cannot be told from a prober's random bytes (README)."""
+    assert load_settings({}).modes == frozenset({Mode.TLS})
+    assert load_settings({"modes": "classic,secure,tls"}).modes == frozenset(Mode)

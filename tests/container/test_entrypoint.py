@@ -50,7 +50,7 @@ HTML = b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>"
 CONTRACT_VARS = {
     "SECRET", "SECRET_COUNT", "TAG", "WORKERS", "DEBUG", "PORT", "STATS_PORT", "STATS_HOST",
     "EXTERNAL_IP", "INTERNAL_IP", "EXTERNAL_PORT", "DATA_DIR", "IP_SERVICES", "IP_TIMEOUT",
-    "MIDDLE_PROXY", "PROXY_CONFIG_URL", "PROXY_SECRET_URL", "MIDDLE_FALLBACK",
+    "MIDDLE_PROXY", "PROXY_CONFIG_URL", "PROXY_SECRET_URL", "MIDDLE_FALLBACK", "MASK",
 }
 KNOWN = {opt.field for opt in OPTIONS}
 
@@ -409,6 +409,16 @@ def test_middle_fallback_on_starts_without_telegram_s_files(tmp_path: Path, web:
     assert "[!] Cannot get the proxy secret from Telegram servers" in result.stdout
     assert "[!] MIDDLE_FALLBACK=on: clients are served directly" in result.stdout
     assert f"--proxy-config {url}getProxyConfig" in runs_as(result.stdout)
+
+
+def test_the_mask_host_from_a_variable_or_a_flag(tmp_path: Path, web: FakeWeb) -> None:
+    env = environment(web, SECRET=KEY, MASK="127.0.0.1:8443")
+    assert "--mask 127.0.0.1:8443" in runs_as(entrypoint(tmp_path, env).stdout)
+    flag = entrypoint(tmp_path, env, "--mask", "off")
+    assert "--mask off" in runs_as(flag.stdout)
+    bad = entrypoint(tmp_path, environment(web, SECRET=KEY, MASK="not a host!"))
+    assert bad.returncode == 2
+    assert fatal(bad).startswith("[F] MASK: ")
 
 
 def test_middle_fallback_off_and_bad_values(tmp_path: Path, web: FakeWeb) -> None:
@@ -825,7 +835,7 @@ async def test_official_command_line_starts_and_relays(tmp_path: Path) -> None:
         proc, lines = await start_entrypoint(
             tmp_path, env, "--data-dir", str(tmp_path), "-u", "nobody", "-p", str(free_port()),
             "-H", str(port), "-M", "1", "-S", KEY, "--address", "127.0.0.1", "--dc",
-            f"2=127.0.0.1:{dc.port}",
+            f"2=127.0.0.1:{dc.port}", "--mask", "off",
         )
         try:
             text = "".join(lines)
@@ -841,7 +851,7 @@ async def test_variables_only_start_and_relay(tmp_path: Path) -> None:
     port = free_port()
     async with FakeDC(echo_handler) as dc:
         env = environment_plain(SECRET=KEY2.upper(), PORT=str(port), EXTERNAL_IP=EXTERNAL,
-                                INTERNAL_IP=INTERNAL, DATA_DIR=str(tmp_path))
+                                INTERNAL_IP=INTERNAL, DATA_DIR=str(tmp_path), MASK="off")
         proc, _ = await start_entrypoint(tmp_path, env, "--dc", f"2=127.0.0.1:{dc.port}")
         try:
             await relay_once(port, KEY2, dc)
@@ -857,7 +867,7 @@ async def test_run_mode_starts_and_relays(tmp_path: Path) -> None:
         env = environment_plain(SECRET=KEY, EXTERNAL_IP=EXTERNAL, INTERNAL_IP=INTERNAL)
         proc, _ = await start_entrypoint(
             tmp_path, env, "run", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
-            "--dc", f"2=127.0.0.1:{dc.port}",
+            "--dc", f"2=127.0.0.1:{dc.port}", "--mask", "off",
         )
         try:
             await relay_once(port, KEY, dc)

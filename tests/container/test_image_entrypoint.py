@@ -100,7 +100,8 @@ async def test_container_relays_a_client(docker: Docker) -> None:
     name = f"mtproxy-test-{uuid.uuid4().hex[:12]}"
     async with FakeDC(echo_handler) as dc:
         await asyncio.to_thread(
-            docker, "run", "-d", "--name", name, "--network", "host", "-e", f"SECRET={KEY}",
+            docker, "run", "-d", "--name", name, "--network", "host", "-e", "MASK=off",
+            "-e", f"SECRET={KEY}",
             *CONTRACT, docker.image, "--address", "127.0.0.1", "-H", str(port),
             "--dc", f"2=127.0.0.1:{dc.port}",
         )

@@ -212,7 +212,8 @@ async def running(docker: Docker, dc: FakeDC, *options: str, port: int | None = 
     name = f"mtproxy-test-{uuid.uuid4().hex[:12]}"
     proxy = Proxy(docker, name, port)
     await proxy.call(
-        "run", "-d", "--name", name, "--network", "host", "-e", f"SECRET={KEY}", *CONTRACT,
+        "run", "-d", "--name", name, "--network", "host", "-e", "MASK=off",
+        "-e", f"SECRET={KEY}", *CONTRACT,
         *env, *options, image or docker.image, "-p", str(free_port()), "--address", "127.0.0.1",
         "-H", str(port), "--dc", f"2=127.0.0.1:{dc.port}",
     )

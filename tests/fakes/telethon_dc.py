@@ -178,7 +178,8 @@ class AuthExchange:
             + self.nonce
             + self.server_nonce
             + tl_bytes(pq)
-            + struct.pack("<IiQ", VECTOR, 1, TELEGRAM_KEY_FINGERPRINT)
+            + struct.pack("<Ii", VECTOR, len(self.responder.fingerprints))
+            + b"".join(struct.pack("<Q", f) for f in self.responder.fingerprints)
         )
         return plain_message(reply)
 
@@ -198,7 +199,7 @@ class AuthExchange:
         if pos + 8 > len(body):
             raise MtprotoParseError("req_DH_params truncated at fingerprint")
         (fingerprint,) = struct.unpack_from("<Q", body, pos)
-        if fingerprint != TELEGRAM_KEY_FINGERPRINT:
+        if fingerprint not in self.responder.fingerprints:
             problems.append(f"fingerprint {fingerprint:#x}")
         encrypted, pos = read_tl_bytes(body, pos + 8)
         if len(encrypted) != RSA_BLOCK:
@@ -225,6 +226,8 @@ class TelethonAuthResponder:
     tags: list[bytes] = field(default_factory=list)
     dc_ids: list[int] = field(default_factory=list)
     dh_ok_event: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Key fingerprints offered in resPQ (TDLib knows other keys than Telethon's default).
+    fingerprints: tuple[int, ...] = (TELEGRAM_KEY_FINGERPRINT,)
 
     async def __call__(self, conn: DcConn) -> None:
         self.tags.append(conn.tag)

@@ -40,6 +40,8 @@ async def running_proxy(
         "dc": dc_flags(dcs),
         "tls_domains": [DOMAIN],
         "mask": "off",
+        # Every mode unless a test says otherwise (mtproxy run's default is tls alone).
+        "modes": "classic,secure,tls",
     }
     cli.update(options)
     settings = load_settings(cli)

@@ -71,6 +71,8 @@ def middle_settings(
         "secrets": [CLIENT_SECRET.hex()],
         "tls_domains": [TLS_DOMAIN],
         "mask": "off",
+        # Every mode (mtproxy run's default is tls alone); these tests drive them all.
+        "modes": "classic,secure,tls",
         "data_dir": str(data_dir),
         "ip_services": [],
         "proxy_config": str(config),

@@ -29,6 +29,7 @@ def base_args(port: int, data_dir: Path) -> list[str]:
     return [
         sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
         "--secret", CLIENT_SECRET.hex(), "--mask", "off", "--public-host", "127.0.0.1",
+        "--modes", "classic,secure,tls",
         "--data-dir", str(data_dir), "--ip-service", "http://127.0.0.1:9/",
     ]
 

@@ -61,6 +61,8 @@ class ProxyProc:
                "--stats", f"{stats_host}:{stats_port}", "--mask", "off",
                "--public-host", "127.0.0.1", "--data-dir", str(tmp / "data"),
                "--log-level", "debug", "--shutdown-grace", "1"]  # fmt: skip
+        # Every mode, as these tests drive classic and dd clients too (run's default: tls).
+        cmd += ["--modes", "classic,secure,tls"]
         if secret:
             cmd += ["--secret", SECRET.hex()]
         if dc_port is not None:

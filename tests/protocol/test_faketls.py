@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mtproxy.protocol.errors import TlsError
@@ -411,3 +411,57 @@ def test_hello_parse_rejects_trailing_or_missing_bytes() -> None:
         parse_client_hello(GOOD + b"\x00")
     with pytest.raises(TlsError):
         parse_client_hello(GOOD[:-1])
+
+
+# -- deciding on a hello that is still arriving ------------------------------------------
+
+
+@given(rngs, st.sampled_from([517, 1200, 4000]), st.integers(0, 2**32 - 1))
+@settings(max_examples=30, deadline=None)
+def test_no_prefix_of_a_parseable_hello_is_refused(
+    rng: random.Random, pad_to: int, ts: int
+) -> None:
+    from fakes import build_client_hello as fake_hello
+
+    from mtproxy.protocol.faketls import check_hello_prefix
+
+    record = fake_hello(rng.randbytes(16), "a.example.org", ts, pad_to=pad_to)
+    parse_client_hello(record)
+    for n in range(len(record) + 1):
+        check_hello_prefix(bytearray(record[:n]))
+
+
+@given(rngs, st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=4))
+@settings(deadline=None)
+def test_a_refused_prefix_means_a_refused_record(
+    rng: random.Random, edits: list[tuple[int, int]]
+) -> None:
+    """Once a prefix is refused, every longer one and the whole record are too."""
+    from fakes import build_client_hello as fake_hello
+
+    from mtproxy.protocol.faketls import check_hello_prefix
+
+    record = bytearray(fake_hello(rng.randbytes(16), "b.example.org", 1, pad_to=600))
+    for pos, value in edits:
+        record[pos % len(record)] = value
+    refused_at = None
+    for n in range(len(record) + 1):
+        try:
+            check_hello_prefix(record[:n])
+        except TlsError:
+            refused_at = n
+            break
+    whole_ok = True
+    try:
+        total = hello_record_length(bytes(record[:5]))
+        parse_client_hello(bytes(record[:total]))
+        whole_ok = len(record) >= total
+    except TlsError:
+        whole_ok = False
+    if refused_at is not None:
+        assert not whole_ok
+        for n in range(refused_at, min(len(record), refused_at + 40) + 1):
+            with pytest.raises(TlsError):
+                check_hello_prefix(record[:n])
+    elif len(record) >= 5 and len(record) >= hello_record_length(bytes(record[:5])):
+        assert whole_ok

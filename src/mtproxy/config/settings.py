@@ -32,6 +32,9 @@ from mtproxy.telegram_config import CONFIG_URL, CONFIG_V6_URL, SECRET_URL
 
 IPNetwork = IPv4Network | IPv6Network
 ALL_MODES = frozenset(Mode)
+#: Fake TLS alone: the only mode whose every opening can be told from a prober's bytes
+#: at once (README, "Hard to probe"); classic and dd are opt-in through --modes.
+DEFAULT_MODES = frozenset({Mode.TLS})
 DEFAULT_TLS_DOMAIN = "www.google.com"
 DEFAULT_IP_SERVICES = (
     "https://api.ipify.org",
@@ -59,7 +62,7 @@ class Settings:
     listen: tuple[Endpoint, ...] = (("0.0.0.0", 443), ("::", 443))
     listen_given: bool = False
     secrets: tuple[ClientSecret, ...] = ()
-    modes: frozenset[Mode] = ALL_MODES
+    modes: frozenset[Mode] = DEFAULT_MODES
     tls_domains: tuple[str, ...] = ()
     mask: Endpoint | None = None
     mask_given: bool = False
@@ -74,6 +77,7 @@ class Settings:
     idle_timeout: float = 300.0
     half_close_timeout: float = 10.0
     connect_timeout: float = 10.0
+    mask_check_interval: float = 300.0
     replay_cache_size: int = 100_000
     replay_window: float = 600.0
     tls_max_future: float = 120.0
@@ -179,7 +183,7 @@ OPTIONS: list[Option] = [
            "(repeatable, up to 16; default: from the data directory, else generated)",
            toml="secrets", repeat=True, metavar="HEX32"),
     Option("modes", ("--modes",), cv.modes, "client modes to accept: comma list of classic, "
-           "secure (dd), tls (ee); default all", metavar="LIST"),
+           "secure (dd), tls (ee); default tls (see README, Hard to probe)", metavar="LIST"),
     Option("tls_domains", ("--tls-domain",), cv.domain, "domain fake-TLS clients must name "
            f"in SNI (repeatable; default {DEFAULT_TLS_DOMAIN})", toml="tls_domains",
            repeat=True, metavar="DOMAIN"),
@@ -211,6 +215,9 @@ OPTIONS: list[Option] = [
            "never does", metavar="SECONDS"),
     Option("connect_timeout", ("--connect-timeout",), cv.float_range(0.5, 120),
            "timeout for connecting to a DC or the mask host", metavar="SECONDS"),
+    Option("mask_check_interval", ("--mask-check-interval",), cv.float_range(1, 86400),
+           "seconds between checks of the mask host: reachable, and its TLS 1.3 answer, "
+           "which the fake-TLS reply copies (default 300)", metavar="SECONDS"),
     Option("replay_cache_size", ("--replay-cache-size",), cv.int_range(1, 50_000_000),
            "handshakes remembered for replay protection", metavar="N"),
     Option("replay_window", ("--replay-window",), cv.float_range(10, 86400),

@@ -24,6 +24,10 @@ the horizon moves up to its time. The lock is a POSIX record lock, which the
 kernel drops if its holder dies; a holder that died half-way leaves the dirty flag
 set, and the next one clears the cache and moves the horizon past everything it
 held, so a crash can never let a replay through.
+
+Across restarts the cache is saved to the data directory (:meth:`export`) and the
+first worker to start loads it back (:meth:`restore`; a flag in the header makes
+the others skip it).
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ import os
 import struct
 import tempfile
 
+from mtproxy.protocol.replay import Snapshot
+
 log = logging.getLogger("mtproxy.replay")
 
 MAGIC = b"MTPRPLY1"
 _HEADER = struct.Struct("<8sIIIIIIdd16s")
 _H_HEAD = 8 + 4 * 2
 _COUNTS = struct.Struct("<III")  # head, count, dirty
+_LOADED = struct.Struct("<I")  # set once a saved cache was loaded into the region
+_H_LOADED = 8 + 4 * 5
 _HORIZON = struct.Struct("<d")
 _H_HORIZON = 8 + 4 * 6
 _ENTRY = struct.Struct("<II")  # ring index + 1 (0 = empty), hash32
@@ -134,28 +142,67 @@ class SharedReplayCache:
     def seen(self, key: bytes, now: float) -> bool:
         key = bytes(key[:KEY_LEN]).ljust(KEY_LEN, b"\0")
         h = self._hash(key)
+        self._lock()
+        try:
+            return self._seen_locked(key, h, now)
+        finally:
+            self._unlock()
+
+    def _seen_locked(self, key: bytes, h: int, now: float) -> bool:
+        mem = self._mem
+        head, count, dirty = _COUNTS.unpack_from(mem, _H_HEAD)
+        if dirty:
+            head, count = self._recover(head, count)
+        _COUNTS.pack_into(mem, _H_HEAD, head, count, 1)
+        head, count = self._expire(head, count, now - self.window)
+        slot, found = self._find(key, h)
+        if not found:
+            if count == self.capacity:
+                evicted = _RING.unpack_from(mem, self._ring_at + head * _RING.size)[1]
+                head, count = self._drop_oldest(head, count)
+                if evicted > self.horizon:
+                    _HORIZON.pack_into(mem, _H_HORIZON, evicted)
+                slot, _ = self._find(key, h)
+            pos = (head + count) % self.capacity
+            _RING.pack_into(mem, self._ring_at + pos * _RING.size, key, now)
+            _ENTRY.pack_into(mem, HEADER_SIZE + slot * _ENTRY.size, pos + 1, h)
+            count += 1
+        _COUNTS.pack_into(mem, _H_HEAD, head, count, 0)
+        return found
+
+    def export(self) -> Snapshot:
+        """Every live entry, oldest first, and the horizon; the lock is held for one copy."""
         mem = self._mem
         self._lock()
         try:
             head, count, dirty = _COUNTS.unpack_from(mem, _H_HEAD)
-            if dirty:
-                head, count = self._recover(head, count)
-            _COUNTS.pack_into(mem, _H_HEAD, head, count, 1)
-            head, count = self._expire(head, count, now - self.window)
-            slot, found = self._find(key, h)
-            if not found:
-                if count == self.capacity:
-                    evicted = _RING.unpack_from(mem, self._ring_at + head * _RING.size)[1]
-                    head, count = self._drop_oldest(head, count)
-                    if evicted > self.horizon:
-                        _HORIZON.pack_into(mem, _H_HORIZON, evicted)
-                    slot, _ = self._find(key, h)
-                pos = (head + count) % self.capacity
-                _RING.pack_into(mem, self._ring_at + pos * _RING.size, key, now)
-                _ENTRY.pack_into(mem, HEADER_SIZE + slot * _ENTRY.size, pos + 1, h)
-                count += 1
-            _COUNTS.pack_into(mem, _H_HEAD, head, count, 0)
-            return found
+            ring = bytes(mem[self._ring_at : self._ring_at + self.capacity * _RING.size])
+            horizon = self.horizon
+        finally:
+            self._unlock()
+        if dirty:  # a worker died mid-update: nothing in it can be trusted
+            return Snapshot([], horizon)
+        entries = []
+        for i in range(count):
+            key, when = _RING.unpack_from(ring, ((head + i) % self.capacity) * _RING.size)
+            entries.append((bytes(key), float(when)))
+        return Snapshot(entries, horizon)
+
+    def restore(self, snapshot: Snapshot, now: float) -> bool:
+        """Load a saved cache once per region (False if another worker already did)."""
+        mem = self._mem
+        self._lock()
+        try:
+            if _LOADED.unpack_from(mem, _H_LOADED)[0]:
+                return False
+            for key, when in sorted(snapshot.entries, key=lambda e: e[1]):
+                if when >= now - self.window:
+                    key = bytes(key[:KEY_LEN]).ljust(KEY_LEN, b"\0")
+                    self._seen_locked(key, self._hash(key), when)
+            if snapshot.horizon > self.horizon:
+                _HORIZON.pack_into(mem, _H_HORIZON, snapshot.horizon)
+            _LOADED.pack_into(mem, _H_LOADED, 1)
+            return True
         finally:
             self._unlock()
 

@@ -18,15 +18,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from mtproxy.config.settings import Settings
+from mtproxy.mask.monitor import MaskMonitor
 from mtproxy.ops.bound import write_bound
 from mtproxy.ops.limits import Ledger, UserRegistry, UserState, load_usage, refusal, save_usage
+from mtproxy.ops.replay_store import ReplayStore, SavableReplay
 from mtproxy.ops.socks import Socks5
 from mtproxy.protocol.dc import Endpoint
+from mtproxy.protocol.faketls import ServerHelloShape
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.protocol.replay import ReplayGuard
+from mtproxy.protocol.secret import Mode
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.server import ProxyServer
 from mtproxy.proxy.stats import UserStats
@@ -123,6 +127,11 @@ class OpsServer(ProxyServer):
         self.reloads = 0
         self.socks: Socks5 | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self.mask_monitor = self._mask_monitor(settings)
+        self.replay_store = ReplayStore(
+            cast(SavableReplay, self.replay), settings.data_dir, settings.replay_cache_size,
+            periodic=worker_index in (None, 0),
+        )  # fmt: skip
         self._install(settings)
 
     # -- configuration -------------------------------------------------------------------
@@ -145,6 +154,18 @@ class OpsServer(ProxyServer):
                 self._close_all(state, "disabled")
         return added, removed
 
+    def _mask_monitor(self, settings: Settings) -> MaskMonitor:
+        """The mask host's watcher; the name it is measured with is the clients' SNI."""
+        tls = Mode.TLS in settings.modes and settings.tls_domains
+        sni = settings.tls_domains[0] if tls else None
+        return MaskMonitor(
+            settings.mask, sni, settings.data_dir, self._use_server_hello,
+            interval=settings.mask_check_interval, timeout=settings.connect_timeout,
+        )  # fmt: skip
+
+    def _use_server_hello(self, shape: ServerHelloShape) -> None:
+        self.policy = dataclasses.replace(self.policy, server_hello=shape)
+
     def apply(self, settings: Settings) -> list[str]:
         """Switch to new settings (SIGHUP): new sessions follow them, live ones go on."""
         notes = [
@@ -158,6 +179,14 @@ class OpsServer(ProxyServer):
         self.upstreams.reconfigure(settings)
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         added, removed = self._install(settings)
+        monitor = self._mask_monitor(settings)
+        if (monitor.mask, monitor.sni, monitor.interval) != (
+            self.mask_monitor.mask, self.mask_monitor.sni, self.mask_monitor.interval
+        ):
+            self.mask_monitor.cancel()
+            self.mask_monitor = monitor
+            monitor.load()
+            monitor.start()
         self.reloads += 1
         if added:
             notes.append(f"users added: {', '.join(added)}")
@@ -337,13 +366,18 @@ class OpsServer(ProxyServer):
     async def start(self) -> None:
         if self.registry.named():
             await self.sync_quotas()
+        self.mask_monitor.load()
+        self.replay_store.load()
         await super().start()
         if self.worker_index is None:  # under a supervisor, the supervisor records them
             write_bound(self.settings.data_dir, self.addresses)
         self._sync_task = self.loop.create_task(self._sync_loop())
+        self.mask_monitor.start()
+        self.replay_store.start()
 
     async def stop(self, grace: float = 0.0) -> None:
         self.draining = True
+        await self.mask_monitor.stop()
         try:
             await super().stop(grace)
         finally:
@@ -360,3 +394,4 @@ class OpsServer(ProxyServer):
                 with contextlib.suppress(ConnectionError, OSError):
                     await self.sync_quotas()
             self.ledger.save()
+            await self.replay_store.stop()

@@ -71,6 +71,7 @@ def take(server: OpsServer) -> Snapshot:
         "reloads": server.reloads,
         "draining": int(server.draining),
         "users": users,
+        "mask": server.mask_monitor.health.snapshot(),
         "middle": middle_health(server),
     }
 
@@ -115,8 +116,21 @@ def merge_middle(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: What a snapshot says about the mask host before any check (or without one).
+NO_MASK: dict[str, Any] = {"up": -1, "checked": 0.0, "profile_source": "", "record_bytes": 0}
+
+
+def _freshest_mask(parts: list[Snapshot]) -> dict[str, Any]:
+    """The mask host as the most recent check saw it (a gone worker's view is older)."""
+    views = [p.get("mask") or NO_MASK for p in parts]
+    return dict(max(views, key=lambda v: (v["checked"], -v["up"]), default=NO_MASK))
+
+
 def merge(parts: Iterable[Snapshot]) -> Snapshot:
-    """Sum worker snapshots (gauges add up too: each worker holds its own share)."""
+    """Sum worker snapshots (gauges add up too: each worker holds its own share).
+
+    The mask host's health is not summed: the most recent check wins.
+    """
     parts = list(parts)
     out: Snapshot = {
         "started": float("inf"), "counters": Counter(), "extra": Counter(),
@@ -143,6 +157,7 @@ def merge(parts: Iterable[Snapshot]) -> Snapshot:
             mine["removed"] = mine["removed"] and user["removed"]
             if user["quota_used"] is not None:
                 mine["quota_used"] = max(mine["quota_used"] or 0, user["quota_used"])
+    out["mask"] = _freshest_mask(parts)
     if out["started"] == float("inf"):
         out["started"] = time.time()
     for key in ("counters", "extra", "handshakes", "refused"):
@@ -224,6 +239,11 @@ def render_tsv(snap: Snapshot, *, pid: int, started: float, workers: list[Snapsh
         lines.append(("middle_direct_dcs", ",".join(map(str, middle["direct_dcs"]))))
         for dc, n in sorted(middle["served"].items()):
             lines.append((f"middle_direct_clients.{dc}", n))
+    mask = snap.get("mask") or NO_MASK
+    lines.append(("mask_up", mask["up"]))
+    lines.append(("mask_checked", int(mask["checked"])))
+    lines.append(("mask_profile_source", mask["profile_source"] or "-"))
+    lines.append(("faketls_record_bytes", mask["record_bytes"]))
     for index, worker in enumerate(workers):
         prefix = f"worker.{index}."
         for key in sorted(worker):

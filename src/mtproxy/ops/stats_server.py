@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from mtproxy import __version__
 from mtproxy.config.settings import IPNetwork
-from mtproxy.ops.snapshot import Snapshot, render_tsv
+from mtproxy.ops.snapshot import NO_MASK, Snapshot, render_tsv
 from mtproxy.protocol.dc import Endpoint
 
 log = logging.getLogger("mtproxy.stats")
@@ -216,6 +216,27 @@ class MetricsCollector(Collector):
         yield from _user_metrics(snap["users"])
         yield from _worker_metrics(view.workers)
         yield from _middle_metrics(snap.get("middle") or {})
+        yield from _mask_metrics(snap.get("mask") or NO_MASK)
+
+
+def _mask_metrics(mask: dict[str, Any]) -> Iterable[Any]:
+    yield GaugeMetricFamily(
+        "mtproxy_mask_up", "1 if the mask host answered the last check, 0 if it did not, "
+        "-1 before the first check or with no mask host", mask["up"],
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "mtproxy_mask_last_check_time_seconds", "When the mask host was last checked",
+        mask["checked"],
+    )  # fmt: skip
+    yield InfoMetricFamily(
+        "mtproxy_mask_profile", "Where the fake ServerHello's shape comes from (fetched from "
+        "the mask host, cached from an earlier run, or drawn once)",
+        {"source": mask["profile_source"] or "none"},
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "mtproxy_faketls_record_bytes", "Size of the fake ServerHello's encrypted record",
+        mask["record_bytes"],
+    )  # fmt: skip
 
 
 def _user_metrics(users: dict[str, Any]) -> Iterable[Any]:

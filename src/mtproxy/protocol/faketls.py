@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -42,6 +43,21 @@ TYPE_APPDATA = 0x17
 CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 TLS13_SUITES = (0x1301, 0x1302, 0x1303)
 
+EXT_SERVER_NAME = 0x0000
+EXT_SUPPORTED_VERSIONS = 0x002B
+EXT_KEY_SHARE = 0x0033
+GROUP_X25519 = 0x001D
+GROUP_SECP256R1 = 0x0017
+GROUP_SECP384R1 = 0x0018
+GROUP_X25519MLKEM768 = 0x11EC
+#: Bytes of a server's key share per group (the hybrid one: ML-KEM ciphertext + X25519).
+KEY_SHARE_LENGTHS = {
+    GROUP_X25519: 32,
+    GROUP_SECP256R1: 65,
+    GROUP_SECP384R1: 97,
+    GROUP_X25519MLKEM768: 1088 + 32,
+}
+
 
 def is_grease(value: int) -> bool:
     return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
@@ -53,6 +69,24 @@ class ClientHello:
     session_id: bytes
     cipher_suites: tuple[int, ...]
     server_names: tuple[str, ...]
+    #: Groups the client sent a key share for, in its order.
+    key_share_groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHelloShape:
+    """What the fake ServerHello copies from the mask site's real answer.
+
+    ``extension_order`` lists ServerHello extension types as the site sends them;
+    ``appdata_len`` is the one application-data record's length; ``cipher_suite`` and
+    ``key_share_group`` are the site's choices, used when the client offers them.
+    The defaults are the official server's layout.
+    """
+
+    extension_order: tuple[int, ...] = (EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS)
+    appdata_len: int = 2500
+    cipher_suite: int | None = None
+    key_share_group: int = GROUP_X25519
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +96,30 @@ class VerifiedHello:
     hello: ClientHello
 
 
+class _Incomplete(Exception):
+    """The bytes so far end before the structure does (not an error: wait for more)."""
+
+
 class _Cursor:
-    """Bounds-checked reader over a byte string; every overrun is a TlsError."""
+    """Bounds-checked reader over a byte string.
 
-    __slots__ = ("data", "end", "pos")
+    Reading past a declared length is a TlsError; reading past the bytes received so
+    far (``avail``, for a hello still arriving) is :class:`_Incomplete`.
+    """
 
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+    __slots__ = ("avail", "data", "end", "pos")
+
+    def __init__(self, data: bytes | bytearray, pos: int = 0, end: int | None = None) -> None:
         self.data = data
         self.pos = pos
+        self.avail = len(data)
         self.end = len(data) if end is None else end
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> bytes | bytearray:
         if n < 0 or self.pos + n > self.end:
             raise TlsError("truncated ClientHello")
+        if self.pos + n > self.avail:
+            raise _Incomplete
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -111,35 +156,113 @@ def parse_client_hello(record: bytes) -> ClientHello:
     """Structure of a single-record ClientHello (no authentication)."""
     if len(record) < RECORD_HEADER_LEN or hello_record_length(record[:5]) != len(record):
         raise TlsError("ClientHello record length does not match the data")
-    cur = _Cursor(record, RECORD_HEADER_LEN)
+    try:
+        return _parse_hello(record, len(record))
+    except _Incomplete:  # pragma: no cover - the whole record is there
+        raise TlsError("truncated ClientHello") from None
+
+
+def check_hello_prefix(data: bytes | bytearray) -> None:
+    """Raise TlsError as soon as ``data`` cannot be the start of a hello we would parse.
+
+    Everything :func:`parse_client_hello` checks is checked on what has arrived, so a
+    prefix of a record it accepts is never refused (the HMAC, time and SNI checks
+    need the whole record and are not made here). :class:`HelloCheck` is the same,
+    resumable, for bytes that keep arriving.
+    """
+    HelloCheck().check(data)
+
+
+class HelloCheck:
+    """:func:`check_hello_prefix` over a growing buffer, looking at each byte about once.
+
+    The fixed fields (up to the extensions) are parsed again until they have all
+    arrived; then each extension is checked when its bytes are there.
+    """
+
+    __slots__ = ("_end", "_pos", "_total")
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._pos = -1  # next extension to check, once the fixed fields are done
+        self._end = 0
+
+    def check(self, data: bytes | bytearray) -> None:
+        if not self._total:
+            head = bytes(data[:RECORD_HEADER_LEN])
+            if head[:1] not in (b"", b"\x16") or head[1:2] not in (b"", b"\x03"):
+                raise TlsError("not a TLS handshake record")
+            if len(head) > 2 and head[2] not in (1, 3):
+                raise TlsError("not a TLS handshake record")
+            if len(head) < RECORD_HEADER_LEN:
+                return
+            self._total = hello_record_length(head)
+        if self._pos < 0:
+            try:
+                fields = _hello_fields(data, self._total)
+            except _Incomplete:
+                return
+            exts = fields[3]
+            self._pos, self._end = (exts.pos, exts.end) if exts is not None else (0, 0)
+        avail = min(len(data), self._total)
+        pos, end = self._pos, self._end
+        while pos < end:
+            if end - pos < 4:
+                raise TlsError("truncated ClientHello")
+            if avail < pos + 4:
+                break
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            if pos + 4 + length > end:
+                raise TlsError("a ClientHello length field overruns its container")
+            if data[pos] == 0 and data[pos + 1] == 0:  # server_name
+                if avail < pos + 4 + length:
+                    break
+                _server_names(_Cursor(data, pos + 4, pos + 4 + length))
+            pos += 4 + length
+        self._pos = pos
+
+
+def _hello_fields(
+    record: bytes | bytearray, total: int
+) -> tuple[bytes, bytes, tuple[int, ...], _Cursor | None]:
+    """random, session id, suites and the extensions (a cursor) of a ClientHello record."""
+    cur = _Cursor(record, RECORD_HEADER_LEN, total)
     if cur.uint(1) != 1:
         raise TlsError("handshake message is not a ClientHello")
     body = cur.sub(3)
     if cur.left:
         raise TlsError("data after the ClientHello message in its record")
     body.take(2)  # legacy_version
-    random = body.take(RANDOM_LEN)
-    session_id = _take_all(body.sub(1))
-    if len(session_id) > 32:
+    random = bytes(body.take(RANDOM_LEN))
+    session_len = body.uint(1)
+    if session_len > 32:
         raise TlsError("session id longer than 32 bytes")
+    session_id = bytes(body.take(session_len))
     suites_cur = body.sub(2)
     if suites_cur.left % 2 or not suites_cur.left:
         raise TlsError("malformed cipher suite list")
-    suites = tuple(suites_cur.uint(2) for _ in range(suites_cur.left // 2))
+    count = suites_cur.left // 2
+    suites: tuple[int, ...] = struct.unpack(f">{count}H", suites_cur.take(2 * count))
     body.sub(1)  # compression methods
+    return random, session_id, suites, body.sub(2) if body.left else None
+
+
+def _parse_hello(record: bytes | bytearray, total: int) -> ClientHello:
+    random, session_id, suites, exts = _hello_fields(record, total)
     names: list[str] = []
-    if body.left:
-        exts = body.sub(2)
-        while exts.left:
-            ext_type = exts.uint(2)
-            ext = exts.sub(2)
-            if ext_type == 0:
-                names += _server_names(ext)
-    return ClientHello(random, session_id, suites, tuple(names))
+    groups: list[int] = []
+    while exts is not None and exts.left:
+        ext_type = exts.uint(2)
+        ext = exts.sub(2)
+        if ext_type == EXT_SERVER_NAME:
+            names += _server_names(ext)
+        elif ext_type == EXT_KEY_SHARE:
+            groups += _key_share_groups(ext)
+    return ClientHello(random, session_id, suites, tuple(names), tuple(groups))
 
 
 def _take_all(cur: _Cursor) -> bytes:
-    return cur.take(cur.left)
+    return bytes(cur.take(cur.left))
 
 
 def _server_names(ext: _Cursor) -> list[str]:
@@ -154,6 +277,19 @@ def _server_names(ext: _Cursor) -> list[str]:
             except UnicodeDecodeError as exc:
                 raise TlsError("SNI host name is not ASCII") from exc
     return names
+
+
+def _key_share_groups(ext: _Cursor) -> list[int]:
+    """Groups of a ClientHello key_share; a malformed one is ignored, as before."""
+    groups: list[int] = []
+    try:
+        entries = ext.sub(2)
+        while entries.left:
+            groups.append(entries.uint(2))
+            entries.sub(2)
+    except TlsError:
+        return []
+    return groups
 
 
 def _zero_random(record: bytes) -> bytes:
@@ -190,10 +326,43 @@ def x25519_public() -> bytes:
     return X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def _ec_public(curve: ec.EllipticCurve) -> bytes:
+    key = ec.generate_private_key(curve).public_key()
+    return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+
+
+def server_key_share(
+    group: int,
+    x25519: Callable[[], bytes] = x25519_public,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """A server key share of ``group`` that looks like a real one.
+
+    Curve points are real points; the ML-KEM part of the hybrid group is a ciphertext,
+    which looks uniformly random, followed by a real X25519 point.
+    """
+    if group == GROUP_SECP256R1:
+        return _ec_public(ec.SECP256R1())
+    if group == GROUP_SECP384R1:
+        return _ec_public(ec.SECP384R1())
+    if group == GROUP_X25519MLKEM768:
+        return random_bytes(1088) + x25519()
+    return x25519()
+
+
+def choose_group(shape: ServerHelloShape, hello: ClientHello) -> int:
+    """The site's group when the client sent a share for it, else X25519."""
+    wanted = shape.key_share_group
+    if wanted in KEY_SHARE_LENGTHS and wanted in hello.key_share_groups:
+        return wanted
+    return GROUP_X25519
+
+
 def build_server_hello(
     secret: bytes,
     hello: ClientHello,
     *,
+    shape: ServerHelloShape | None = None,
     appdata_len: int | None = None,
     random_bytes: Callable[[int], bytes] = os.urandom,
     key_share: Callable[[], bytes] = x25519_public,
@@ -201,14 +370,31 @@ def build_server_hello(
     """ServerHello + CCS + one application-data record, HMAC-signed for the client.
 
     Exactly one application-data record follows, since the client's check covers
-    ServerHello, CCS and one record.
+    ServerHello, CCS and one record (Telegram's apps read anything after it as
+    payload). ``shape`` copies the mask site's extension order, suite, group and the
+    size of its encrypted flight; without it, the official server's layout.
     """
     if appdata_len is None:
-        appdata_len = 2500 + int.from_bytes(random_bytes(2), "big") % 1120
+        if shape is not None:
+            appdata_len = shape.appdata_len
+        else:
+            appdata_len = 2500 + int.from_bytes(random_bytes(2), "big") % 1120
     suite = choose_cipher_suite(hello.cipher_suites)
-    extensions = (
-        b"\x00\x33\x00\x24\x00\x1d\x00\x20" + key_share() + b"\x00\x2b\x00\x02\x03\x04"
-    )
+    group = GROUP_X25519
+    if shape is not None:
+        if shape.cipher_suite in TLS13_SUITES and shape.cipher_suite in hello.cipher_suites:
+            suite = shape.cipher_suite
+        group = choose_group(shape, hello)
+    share = key_share() if group == GROUP_X25519 else server_key_share(group, key_share)
+    blocks = {
+        EXT_KEY_SHARE: _ext(
+            EXT_KEY_SHARE, group.to_bytes(2, "big") + len(share).to_bytes(2, "big") + share
+        ),
+        EXT_SUPPORTED_VERSIONS: _ext(EXT_SUPPORTED_VERSIONS, b"\x03\x04"),
+    }
+    order = [t for t in (shape or _OFFICIAL).extension_order if t in blocks]
+    order += [t for t in _OFFICIAL.extension_order if t not in order]
+    extensions = b"".join(blocks[t] for t in dict.fromkeys(order))
     sid = hello.session_id
     body = (
         b"\x03\x03"
@@ -231,6 +417,9 @@ def build_server_hello(
     digest = hmac.new(secret, hello.random + bytes(response), hashlib.sha256).digest()
     response[RANDOM_OFFSET : RANDOM_OFFSET + RANDOM_LEN] = digest
     return bytes(response)
+
+
+_OFFICIAL = ServerHelloShape()
 
 
 def verify_server_hello(secret: bytes, client_random: bytes, response: bytes) -> bool:

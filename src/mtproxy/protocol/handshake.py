@@ -4,6 +4,13 @@ Feed it what the socket delivers; it answers "need more", "send this reply" (the
 fake-TLS ServerHello), "accepted" or "rejected, for this reason". It enforces which
 client modes are enabled, the fake-TLS checks, and replay protection. It never
 touches a socket, so the asyncio layer stays a thin loop around it.
+
+It decides as early as the bytes allow: every enabled mode is a candidate until the
+bytes so far rule it out (an obfuscated2 start no client sends, bytes that cannot
+begin a ClientHello), and the connection is rejected the moment none is left, so
+the mask host answers a prober as quickly as it would answer it directly. Once the
+fake ServerHello has gone out, no rejection is maskable any more: the client has
+seen an answer the mask host never gave.
 """
 
 from __future__ import annotations
@@ -14,7 +21,12 @@ from dataclasses import dataclass, field
 from mtproxy.protocol import faketls
 from mtproxy.protocol.errors import HandshakeError, TlsError
 from mtproxy.protocol.framing import Framing
-from mtproxy.protocol.obfuscated2 import HEADER_LEN, ClientHandshake, parse_client_header
+from mtproxy.protocol.obfuscated2 import (
+    HEADER_LEN,
+    ClientHandshake,
+    is_forbidden_start,
+    parse_client_header,
+)
 from mtproxy.protocol.replay import ReplayGuard
 from mtproxy.protocol.secret import Mode
 
@@ -34,6 +46,8 @@ class HandshakePolicy:
     #: Accepted fake-TLS timestamp range around our clock, in seconds.
     tls_max_past: float = 600.0
     tls_max_future: float = 120.0
+    #: What the fake ServerHello copies from the mask site (see mtproxy.mask).
+    server_hello: faketls.ServerHelloShape = field(default_factory=faketls.ServerHelloShape)
 
 
 @dataclass(slots=True)
@@ -75,6 +89,14 @@ class ServerHandshake:
     _records: faketls.RecordReader | None = None
     _inner: bytearray = field(default_factory=bytearray)
     _done: bool = False
+    #: Candidates still open: fake TLS, and obfuscated2 (classic or dd).
+    _tls_open: bool = True
+    _hello_check: faketls.HelloCheck = field(default_factory=faketls.HelloCheck)
+    _obfs_open: bool = True
+    #: Why the opening fails once no candidate is left: (precedence, reason). Bytes
+    #: that begin like a ClientHello get the fake-TLS reason; otherwise obfuscated2's
+    #: reason, and with that mode off the opening is one of a disabled mode.
+    _ruled_out: tuple[int, str] = (-1, "mode_disabled")
 
     def feed(self, data: bytes | bytearray | memoryview, now: float) -> Event | None:
         """Consume bytes; return None while more are needed."""
@@ -85,42 +107,72 @@ class ServerHandshake:
         self.raw += data
         return self._finish(self._feed_opening(now))
 
-    @property
-    def replied(self) -> bool:
-        """True once the fake ServerHello is out: the client saw a proxy, not the site."""
-        return self._records is not None
-
     def abort(self, reason: str) -> Rejected:
-        """The client went silent or closed before finishing: a rejection for ``reason``.
+        """The connection ends undecided (the client's EOF, our timeout): what to do with it.
 
-        After the ServerHello went out, handing the connection to the mask host would
-        show the prober two different servers in one connection, so it is then closed.
+        Maskable only while the fake ServerHello has not gone out.
         """
         self._done = True
-        return Rejected(reason, maskable=not self.replied)
+        return Rejected(reason, maskable=self._records is None)
+
+    @property
+    def replied(self) -> bool:
+        """True once the fake ServerHello has been produced."""
+        return self._records is not None
 
     def _finish(self, event: Event | None) -> Event | None:
         if isinstance(event, Accepted | Rejected):
             self._done = True
+            if isinstance(event, Rejected) and event.maskable and self.replied:
+                event = Rejected(event.reason, maskable=False)
         return event
+
+    def _rule_out(self, precedence: int, reason: str) -> None:
+        if precedence > self._ruled_out[0]:
+            self._ruled_out = (precedence, reason)
 
     def _feed_opening(self, now: float) -> Event | None:
         raw = self.raw
         modes = self.policy.modes
-        if Mode.TLS in modes:
-            # An obfuscated2 header may start with 0x16 too; only the full TLS record
-            # prefix (which real clients never produce by chance) selects fake TLS.
+        if self._obfs_open and (Mode.CLASSIC in modes or Mode.SECURE in modes):
+            event = self._feed_obfs2(now)
+            if event is not None:
+                return event
+        else:
+            self._obfs_open = False
+        if self._tls_open and Mode.TLS in modes:
+            # An obfuscated2 header may start with 0x16 too: both stay candidates until
+            # the bytes rule one out.
             head = bytes(raw[: len(TLS_PREFIX)])
-            if head == TLS_PREFIX[: len(head)]:
-                return self._feed_hello(now) if len(head) == len(TLS_PREFIX) else None
-        if Mode.CLASSIC not in modes and Mode.SECURE not in modes:
-            return Rejected("mode_disabled")
+            if head != TLS_PREFIX[: len(head)]:
+                self._tls_open = False
+                # With fake TLS alone, anything else is an opening of a disabled mode.
+                self._rule_out(0, "mode_disabled")
+            elif len(head) == len(TLS_PREFIX):
+                event = self._feed_hello(now)
+                if event is not None:
+                    return event
+        else:
+            self._tls_open = False
+        if not self._tls_open and not self._obfs_open:
+            return Rejected(self._ruled_out[1])
+        return None
+
+    def _feed_obfs2(self, now: float) -> Event | None:
+        raw = self.raw
+        if is_forbidden_start(raw[:8]):
+            self._obfs_open = False
+            self._rule_out(1, "forbidden_start")
+            return None
         if len(raw) < HEADER_LEN:
             return None
+        modes = self.policy.modes
         try:
             client = parse_client_header(bytes(raw[:HEADER_LEN]), self.policy.secrets)
         except HandshakeError:
-            return Rejected("bad_secret")
+            self._obfs_open = False
+            self._rule_out(1, "bad_secret")
+            return None
         mode = Mode.SECURE if client.framing is Framing.PADDED else Mode.CLASSIC
         if mode not in modes:
             return Rejected("mode_disabled")
@@ -130,13 +182,17 @@ class ServerHandshake:
 
     def _feed_hello(self, now: float) -> Event | None:
         raw = self.raw
-        if len(raw) < faketls.RECORD_HEADER_LEN:
-            return None
         try:
+            if len(raw) < faketls.RECORD_HEADER_LEN:
+                return None
             total = faketls.hello_record_length(bytes(raw[: faketls.RECORD_HEADER_LEN]))
+            if len(raw) < total:
+                # Checked as it arrives; a whole record is parsed (and checked) below.
+                self._hello_check.check(raw)
+                return None
         except TlsError:
-            return Rejected("tls_malformed")
-        if len(raw) < total:
+            self._tls_open = False
+            self._rule_out(2, "tls_malformed")
             return None
         if len(raw) > total:
             return Rejected("tls_extra_data")
@@ -158,7 +214,9 @@ class ServerHandshake:
         self._tls = verified
         self._records = faketls.RecordReader()
         secret = policy.secrets[verified.secret_index]
-        return Reply(faketls.build_server_hello(secret, verified.hello))
+        return Reply(
+            faketls.build_server_hello(secret, verified.hello, shape=policy.server_hello)
+        )
 
     def _feed_tls_inner(self, data: bytes | bytearray | memoryview, now: float) -> Event | None:
         assert self._records is not None and self._tls is not None

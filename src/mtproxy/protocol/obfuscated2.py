@@ -62,9 +62,14 @@ class OutgoingHandshake:
 
 
 def is_forbidden_start(header: bytes | bytearray) -> bool:
-    """True if a header's clear first bytes would make a server misread the stream."""
+    """True if a header's clear first bytes would make a server misread the stream.
+
+    Works on a prefix too: it is True as soon as the bytes so far break a rule, so a
+    server can tell at once that no client is talking (Telegram's apps draw their
+    random header again whenever it breaks one of these rules).
+    """
     return (
-        header[0] == 0xEF
+        header[:1] == b"\xef"
         or bytes(header[:4]) in FORBIDDEN_PREFIXES
         or header[4:8] == b"\0\0\0\0"
     )

@@ -81,6 +81,9 @@ def official_parser() -> argparse.ArgumentParser:
     ext = p.add_argument_group("mtproxy additions")
     ext.add_argument("--dc", action="append", metavar="ID=HOST:PORT",
                      help="override a DC address (repeatable)")
+    ext.add_argument("--mask", metavar="HOST:PORT",
+                     help="where clients that fail the handshake are relayed, or 'off' "
+                     "(default $MASK, else the first -D domain on port 443)")
     ext.add_argument("--data-dir", metavar="DIR",
                      help="data directory (default $DATA_DIR or /data)")
     ext.add_argument("--dry-run", action="store_true",
@@ -153,6 +156,8 @@ def parse_official(argv: Sequence[str]) -> Request:
         req.options["nat_info"] = list(ns.nat_info)
     if ns.dc:
         req.options["dc"] = list(ns.dc)
+    if ns.mask is not None:
+        req.options["mask"] = ns.mask
     req.proxy_secret_file = ns.aes_pwd
     req.proxy_config_file = ns.config
     req.no_effect = _no_effect(ns)

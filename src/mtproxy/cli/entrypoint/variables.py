@@ -115,10 +115,17 @@ def link_port(c: Choices, listen_port: int) -> int:
 
 
 def general(c: Choices) -> None:
-    """WORKERS, STATS_PORT, SHUTDOWN_GRACE, DEBUG, IP_SERVICES: plain option mappings,
+    """WORKERS, STATS_PORT, SHUTDOWN_GRACE, DEBUG, IP_SERVICES, MASK: plain option mappings,
     and the modes the official image accepts (all of them, unless -D or --modes say)."""
     if "modes" not in c.options:
         c.put("modes", DEFAULT_MODES, "default modes")
+    mask = c.var("MASK")
+    if mask is not None and "mask" not in c.options:
+        try:
+            cv.optional_endpoint(443)(mask)
+        except ValueError as exc:
+            raise Fatal(EXIT_CONFIG, f"MASK: {exc}.") from None
+        c.put("mask", mask, "MASK")
     grace = c.var("SHUTDOWN_GRACE")
     if grace is not None:
         try:

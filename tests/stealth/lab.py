@@ -1,0 +1,647 @@
+"""The censor's lab: nginx as the mask host, the proxy in front of it, probes against both.
+
+Run inside a private network namespace (``unshare -n``, see conftest.py): it brings up
+its loopback, starts nginx (TLS 1.3, h2, a self-signed RSA certificate made here) and
+``mtproxy run`` with ``--mask`` pointing at nginx and default modes, a fake DC, and then
+sends every probe of the issue's table once straight to nginx and once to the proxy. It
+prints one JSON object with what each side did: the bytes, how and when the connection
+ended, the ServerHello's shape, and what TDLib (the real client) made of the proxy.
+
+It also measures the sizes of the records after the handshake: a bulk download from nginx
+and through the proxy from a fake DC, and a few small writes of the fake DC.
+
+``unshare -n python tests/stealth/lab.py DIR --timers`` measures the slow rows instead
+(90 s): when each side ends a connection that sends nothing, one byte, or half a
+ClientHello, and the TCP keep-alive probes each side sends before that (a tcpdump
+capture of the namespace's loopback; apt-get install tcpdump).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[1] / "src")]
+
+from fakes import (  # noqa: E402
+    TAG_PADDED,
+    DcConn,
+    FakeDC,
+    TelethonAuthResponder,
+    build_client_hello,
+    open_faketls,
+)
+from fakes.tls_site import write_self_signed  # noqa: E402
+
+from mtproxy.protocol.tlsprofile import build_probe_hello, parse_flight, split_records  # noqa: E402
+from stealth import tdlib  # noqa: E402
+
+DOMAIN = "www.example.com"
+SECRET = bytes.fromhex("5ec2e7000000000000000000000000a1")
+NGINX_PORT, PROXY_PORT = 8443, 443
+#: A second proxy whose mask host is down (nothing listens on DOWN_PORT).
+DOWN_PROXY_PORT, DOWN_PORT = 444, 8444
+#: TDLib's built-in production RSA key (its fingerprint; the fake DC offers it in resPQ).
+TDLIB_KEY_FINGERPRINT = 0xD09D1D85DE64FD85
+HTTP_GET = f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
+#: Bytes of the bulk download (from nginx: a file; through the proxy: from a fake DC).
+BULK = 2 << 20
+#: What the fake DC writes in the small-writes probe, one write at a time.
+SMALL_WRITES = (1, 4, 17, 40, 3)
+#: Another proxy to put in front of nginx (e.g. an older checkout's src/, for a before and
+#: after), and how long the quick probes listen.
+PROXY_SRC = Path(os.environ.get("MTPROXY_LAB_SRC", HERE.parents[1] / "src"))
+LISTEN = float(os.environ.get("MTPROXY_LAB_LISTEN", "3"))
+
+
+@dataclass
+class Seen:
+    """What one probe connection saw."""
+
+    data: str  # hex of everything received
+    ttfb: float | None  # seconds from connect to the first byte
+    closed: float | None  # seconds from connect to FIN or RST
+    close: str  # "fin", "rst" or "open" (still open when we stopped listening)
+
+
+def bring_loopback_up() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def nginx_config(workdir: Path) -> Path:
+    cert, key = write_self_signed(workdir / "certs", DOMAIN, rsa_bits=2048)
+    (workdir / "www").mkdir(exist_ok=True)
+    (workdir / "www" / "index.html").write_text("<html><body>a web site</body></html>\n")
+    (workdir / "www" / "big.bin").write_bytes(random.Random(1).randbytes(BULK))
+    temp = workdir / "nginx-tmp"
+    temp.mkdir(exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}; proxy_temp_path {temp}; fastcgi_temp_path {temp};
+    uwsgi_temp_path {temp}; scgi_temp_path {temp};
+    server {{
+        listen 127.0.0.1:{NGINX_PORT} ssl http2;
+        server_name {DOMAIN};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root {workdir}/www;
+    }}
+}}
+""")
+    return conf
+
+
+async def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@contextlib.asynccontextmanager
+async def process(cmd: list[str], log: Path, **kw: Any) -> Any:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def proxy_cmd(
+    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT, mask: int = NGINX_PORT,
+    source_port: int = 0,
+) -> list[str]:
+    dcs = ["--dc", f"3=127.0.0.1:{source_port}"] if source_port else []
+    return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
+            "--secret", SECRET.hex(), "--tls-domain", DOMAIN, *dcs,
+            "--mask", f"127.0.0.1:{mask}", "--dc", f"2=127.0.0.1:{dc_port}",
+            "--public-host", "127.0.0.1", "--data-dir", str(workdir / f"proxy-data-{port}"),
+            "--stats", "off", "--log-level", "info", *extra]  # fmt: skip
+
+
+# -- probes ------------------------------------------------------------------------------------
+
+
+async def measure(
+    port: int, data: bytes, *, eof: bool = False, listen: float = 3.0, stop_after: int = 1 << 20
+) -> Seen:
+    """Connect, send ``data`` (then FIN if ``eof``), and watch the answer for ``listen`` s."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    started = time.monotonic()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    if data:
+        await loop.sock_sendall(sock, data)
+    if eof:
+        sock.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    ttfb = closed = None
+    close = "open"
+    try:
+        async with asyncio.timeout(listen):
+            while len(got) < stop_after:
+                try:
+                    chunk = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    closed, close = time.monotonic() - started, "rst"
+                    break
+                if not chunk:
+                    closed, close = time.monotonic() - started, "fin"
+                    break
+                if ttfb is None:
+                    ttfb = time.monotonic() - started
+                got += chunk
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    return Seen(got.hex(), ttfb, closed, close)
+
+
+async def both(data: bytes, **kw: Any) -> dict[str, Any]:
+    site = await measure(NGINX_PORT, data, **kw)
+    proxy = await measure(PROXY_PORT, data, **kw)
+    return {"site": asdict(site), "proxy": asdict(proxy)}
+
+
+def record_shape(hex_data: str) -> list[tuple[int, int]]:
+    """(type, length) of the whole TLS records in an answer."""
+    records, _ = split_records(bytes.fromhex(hex_data))
+    return [(r.kind, len(r.payload)) for r in records]
+
+
+async def server_hello_shapes() -> dict[str, Any]:
+    """The site's answer to a browser-like hello; the proxy's to a valid fake-TLS hello."""
+    site = await measure(NGINX_PORT, build_probe_hello(DOMAIN), listen=1.0)
+    profile = parse_flight(bytes.fromhex(site.data))
+    proxy = await measure(PROXY_PORT, build_client_hello(SECRET, DOMAIN), listen=1.0)
+    fake = parse_flight(bytes.fromhex(proxy.data))
+    return {
+        "site": {"order": profile.extension_order, "records": profile.records,
+                 "wire": len(site.data) // 2, "group": profile.key_share_group},
+        "proxy": {"order": fake.extension_order, "records": fake.records,
+                  "wire": len(proxy.data) // 2, "group": fake.key_share_group},
+    }  # fmt: skip
+
+
+async def valid_hello_then_fin() -> dict[str, Any]:
+    seen = await measure(PROXY_PORT, build_client_hello(SECRET, DOMAIN), eof=True, listen=5.0)
+    return {"seen": asdict(seen), "records": record_shape(seen.data)}
+
+
+async def mask_down(workdir: Path) -> dict[str, Any]:
+    """A site that is down refuses the connection; a proxy in front of it accepts, then
+    closes. The difference stays (a prober can see it): the proxy says so, loudly."""
+    try:
+        site: dict[str, Any] = asdict(await measure(DOWN_PORT, HTTP_GET))
+    except ConnectionRefusedError:
+        site = {"close": "refused"}
+    proxy = asdict(await measure(DOWN_PROXY_PORT, HTTP_GET))
+    log = (workdir / "proxy-down.log").read_text(errors="replace")
+    warning = next((line for line in log.splitlines() if "is unreachable" in line), "")
+    return {"site": site, "proxy": proxy, "warning": warning}
+
+
+# -- record sizes after the handshake (the relay's rework will change these) ------------------
+
+
+async def source_handler(conn: DcConn) -> None:
+    """The fake DC of the record-size probes: small writes, a pause, then a bulk stream."""
+    first = await conn.read(1)  # the client's "go" (1 = small writes, 2 = bulk)
+    if first == b"\x01":
+        for size in SMALL_WRITES:
+            conn.write(bytes(size))
+            await conn.drain()
+            await asyncio.sleep(0.05)
+    else:
+        data = random.Random(2).randbytes(BULK)
+        for start in range(0, BULK, 1 << 16):
+            conn.write(data[start : start + (1 << 16)])
+            await conn.drain()
+    conn.write_eof()
+
+
+class RecordLog:
+    """Wraps a fake-TLS stream's record reader to note every record's length."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+        self._buf = bytearray()
+        self.pending = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        while len(self._buf) >= 5 and len(self._buf) >= 5 + int.from_bytes(self._buf[3:5], "big"):
+            size = int.from_bytes(self._buf[3:5], "big")
+            if self._buf[0] == 0x17:
+                self.sizes.append(size)
+            del self._buf[: 5 + size]
+        out: bytes = self.inner.feed(data)
+        self.pending = self.inner.pending
+        return out
+
+
+async def proxy_records(go: bytes, want: int) -> list[int]:
+    stream = await open_faketls("127.0.0.1", PROXY_PORT, SECRET, DOMAIN, TAG_PADDED, 3)
+    log = RecordLog(stream._tls_in)
+    stream._tls_in = log  # type: ignore[assignment]
+    async with stream:
+        stream.write(go)
+        await stream.drain()
+        got = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(20):
+                while got < want:
+                    chunk = await stream.read(1 << 16)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+    return log.sizes
+
+
+async def site_records() -> list[int]:
+    """A real TLS 1.3 client downloading the file from nginx; the sizes of what it read."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    reader, writer = await asyncio.open_connection("127.0.0.1", NGINX_PORT)
+    log = RecordLog(_Passthrough())
+    request = f"GET /big.bin HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
+    sent = False
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                if not sent:
+                    tls.do_handshake()
+                    tls.write(request.encode())
+                    sent = True
+                while tls.read(1 << 16):
+                    pass
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            if outgoing.pending:
+                writer.write(outgoing.read())
+            raw = await reader.read(1 << 16)
+            if not raw:
+                break
+            log.feed(raw)
+            incoming.write(raw)
+    writer.close()
+    return log.sizes[4:]  # after the handshake's own encrypted records
+
+
+class _Passthrough:
+    pending = 0
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+
+async def record_sizes() -> dict[str, Any]:
+    return {
+        "site_bulk": await site_records(),
+        "proxy_bulk": await proxy_records(b"\x02", BULK),
+        "proxy_small": await proxy_records(b"\x01", sum(SMALL_WRITES)),
+    }
+
+
+# -- TDLib, and what it accepts ------------------------------------------------------------------
+
+
+async def interposer(
+    upstream: int, mode: str, secret: bytes
+) -> tuple[asyncio.Server, int]:
+    """Between TDLib and the proxy; rewrites what the proxy sends, re-signed where needed.
+
+    ``one``: the proxy's flight re-signed unchanged (the control); ``split``: its one
+    application-data record cut into two; ``big16384`` / ``big16401``: the first record
+    after the handshake grown to that length with packets the client skips.
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        head = await reader.readexactly(5)
+        hello = head + await reader.readexactly(int.from_bytes(head[3:5], "big"))
+        up_writer.write(hello)
+        flight = []
+        for _ in range(3):
+            rhead = await up_reader.readexactly(5)
+            flight.append(rhead + await up_reader.readexactly(int.from_bytes(rhead[3:5], "big")))
+        sh, ccs, app = flight
+        if mode == "split":
+            body = app[5:]
+            cut = len(body) // 2
+            first = b"\x17\x03\x03" + cut.to_bytes(2, "big") + body[:cut]
+            rest = b"\x17\x03\x03" + (len(body) - cut).to_bytes(2, "big") + body[cut:]
+        else:
+            first, rest = app, b""
+        zeroed = sh[:11] + bytes(32) + sh[43:]
+        digest = hmac.new(secret, hello[11:43] + zeroed + ccs + first, hashlib.sha256).digest()
+        writer.write(sh[:11] + digest + sh[43:] + ccs + first + rest)
+
+        header: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def client_to_proxy() -> None:
+            # The client's obfuscated2 header opens its first application-data record.
+            pending = bytearray()
+            while chunk := await reader.read(65536):
+                up_writer.write(chunk)
+                if not header.done():
+                    pending += chunk
+                    records, _ = split_records(bytes(pending))
+                    inner = b"".join(r.payload for r in records if r.kind == 0x17)
+                    if len(inner) >= 64:
+                        header.set_result(inner[:64])
+            up_writer.write_eof()
+
+        async def proxy_to_client() -> None:
+            grow = mode.startswith("big")
+            while True:
+                try:
+                    rhead = await up_reader.readexactly(5)
+                except asyncio.IncompleteReadError:
+                    break
+                body = await up_reader.readexactly(int.from_bytes(rhead[3:5], "big"))
+                if grow:
+                    # Fill the record up to the size with quick-ack packets (4 bytes, high
+                    # bit set), which the client's framing skips: re-encrypted, so the
+                    # stream stays valid and only the record size changes.
+                    grow = False
+                    size = int(mode[3:])
+                    key, iv = proxy_to_client_key(await header, secret)
+                    decrypt, encrypt = aes_ctr(key, iv), aes_ctr(key, iv)
+                    plain = decrypt.update(body)
+                    encrypt.update(plain)
+                    filler = b"".join(
+                        (0x80000000 | i).to_bytes(4, "little")
+                        for i in range((size - len(body)) // 4)
+                    )
+                    body += encrypt.update(filler)
+                    rhead = rhead[:3] + len(body).to_bytes(2, "big")
+                    writer.write(rhead + body)
+                    recrypt = (decrypt, encrypt)
+                    continue
+                if mode.startswith("big") and not grow:
+                    body = recrypt[1].update(recrypt[0].update(body))
+                writer.write(rhead + body)
+            writer.close()
+
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await asyncio.gather(client_to_proxy(), proxy_to_client())
+        writer.close()
+        up_writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def proxy_to_client_key(header: bytes, secret: bytes) -> tuple[bytes, bytes]:
+    """The key and IV of the proxy -> client stream, from the client's header."""
+    rev = header[8:56][::-1]
+    return hashlib.sha256(rev[:32] + secret).digest(), rev[32:48]
+
+
+def aes_ctr(key: bytes, iv: bytes) -> Any:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    return Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+
+
+async def tdlib_through(port: int, responder: TelethonAuthResponder) -> dict[str, Any]:
+    before = responder.dh_params_ok
+    secret = "ee" + SECRET.hex() + DOMAIN.encode().hex()
+    result = await asyncio.to_thread(tdlib.test_proxy, "127.0.0.1", port, secret, 2, 5.0)
+    return {"message": result.message, "dh_params_ok": responder.dh_params_ok - before}
+
+
+async def tdlib_checks(responder: TelethonAuthResponder) -> dict[str, Any]:
+    out: dict[str, Any] = {"direct": await tdlib_through(PROXY_PORT, responder)}
+    for mode in ("one", "split", "big16384", "big16401"):
+        server, port = await interposer(PROXY_PORT, mode, SECRET)
+        async with server:
+            out[mode] = await tdlib_through(port, responder)
+    return out
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+
+async def run(workdir: Path) -> dict[str, Any]:
+    bring_loopback_up()
+    responder = TelethonAuthResponder(fingerprints=(TDLIB_KEY_FINGERPRINT,))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = nginx_config(workdir)
+    env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
+    async with (
+        FakeDC(responder) as dc,
+        FakeDC(source_handler) as source,
+        process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
+        process(proxy_cmd(workdir, dc.port, source_port=source.port), workdir / "proxy.log",
+                env=env),
+        process(proxy_cmd(workdir, dc.port, port=DOWN_PROXY_PORT, mask=DOWN_PORT),
+                workdir / "proxy-down.log", env=env),
+    ):
+        await wait_port(NGINX_PORT)
+        await wait_port(PROXY_PORT)
+        await wait_port(DOWN_PROXY_PORT)
+        # The proxy measures nginx at start-up; give that a moment to land.
+        for _ in range(100):
+            if (workdir / f"proxy-data-{PROXY_PORT}" / "mask-profile.json").exists():
+                break
+            await asyncio.sleep(0.05)
+        results: dict[str, Any] = {
+            "http_get": await both(HTTP_GET, listen=LISTEN),
+            # Seeded random bytes that do not start like a ClientHello (fake TLS alone).
+            "random16": await both(random.Random(16).randbytes(16), listen=LISTEN),
+            "tls_alert": await both(b"\x15\x03\x01\x00\x02\x02\x28", listen=LISTEN),
+            "probe_hello": await both(build_probe_hello(DOMAIN), listen=1.0),
+            "server_hello": await server_hello_shapes(),
+            "valid_hello_then_fin": await valid_hello_then_fin(),
+            "tdlib": await tdlib_checks(responder) if tdlib.available() else None,
+        }
+        results["mask_down"] = await mask_down(workdir)
+        results["records"] = await record_sizes()
+        results["proxy_log"] = (workdir / "proxy.log").read_text(errors="replace")[-4000:]
+        return results
+
+
+# -- the slow rows: timers and keep-alive ------------------------------------------------------
+
+
+def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
+    """(time, source port, destination port, seq, flags, payload length) of IPv4 TCP
+    segments in a pcap file from ``tcpdump -i lo`` (Ethernet link type)."""
+    magic = pcap[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    scale = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+    out = []
+    pos = 24
+    while pos + 16 <= len(pcap):
+        sec, frac, incl = struct.unpack(endian + "III", pcap[pos : pos + 12])
+        frame = pcap[pos + 16 : pos + 16 + incl]
+        pos += 16 + incl
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = int.from_bytes(ip[2:4], "big")
+        tcp = ip[ihl:]
+        sport, dport, seq = struct.unpack(">HHI", tcp[:8])
+        hlen = (tcp[12] >> 4) * 4
+        out.append((sec + frac * scale, sport, dport, seq, tcp[13], total - ihl - hlen))
+    return out
+
+
+def keepalives(segments: list[tuple[float, int, int, int, int, int]], server: int,
+               client: int) -> list[float]:
+    """Times of keep-alive probes from ``server`` to ``client``: an empty ACK one byte
+    below what the server already sent."""
+    times = []
+    next_seq = None
+    for when, sport, dport, seq, flags, size in segments:
+        if (sport, dport) != (server, client):
+            continue
+        if next_seq is not None and size == 0 and flags == 0x10 and seq == (next_seq - 1) % 2**32:
+            times.append(when)
+        end = seq + size + (1 if flags & 0x03 else 0)  # SYN and FIN count one
+        next_seq = end if next_seq is None else max(next_seq, end)
+    return times
+
+
+async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
+    """Like :func:`measure`, and the client port (to find its packets in the capture)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    started = time.monotonic()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    local = sock.getsockname()[1]
+    if data:
+        await loop.sock_sendall(sock, data)
+    got = bytearray()
+    ttfb = closed = None
+    close = "open"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(listen):
+            while True:
+                try:
+                    chunk = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    closed, close = time.monotonic() - started, "rst"
+                    break
+                if not chunk:
+                    closed, close = time.monotonic() - started, "fin"
+                    break
+                ttfb = ttfb if ttfb is not None else time.monotonic() - started
+                got += chunk
+    sock.close()
+    return local, Seen(got.hex(), ttfb, closed, close)
+
+
+async def run_timers(workdir: Path, listen: float) -> dict[str, Any]:
+    """When each side ends an undecided connection, and which side sends keep-alives."""
+    bring_loopback_up()
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = nginx_config(workdir)
+    env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
+    pcap = workdir / "lo.pcap"
+    tcpdump = shutil.which("tcpdump")
+    probes = {
+        "nothing": b"",
+        "one_byte_0x16": b"\x16",
+        "half_hello": build_client_hello(SECRET, DOMAIN)[:100],
+    }
+    async with (
+        FakeDC(TelethonAuthResponder()) as dc,
+        process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
+        process(proxy_cmd(workdir, dc.port), workdir / "proxy.log", env=env),
+    ):
+        await wait_port(NGINX_PORT)
+        await wait_port(PROXY_PORT)
+        capture = None
+        if tcpdump:
+            capture = subprocess.Popen(
+                [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            await asyncio.sleep(1.0)
+        jobs = []
+        for name, data in probes.items():
+            for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT)):
+                jobs.append((name, side, port, timed(port, data, listen)))
+        done = await asyncio.gather(*(job for *_, job in jobs))
+        if capture is not None:
+            capture.send_signal(signal.SIGINT)
+            capture.wait(10)
+    segments = tcp_segments(pcap.read_bytes()) if pcap.exists() else []
+    rows: dict[str, Any] = {}
+    for (name, side, port, _), (client, seen) in zip(jobs, done, strict=True):
+        first = next((t for t, sp, dp, *_ in segments if dp == port and sp == client), None)
+        probes_at = None
+        if first is not None:
+            probes_at = [round(t - first, 1) for t in keepalives(segments, port, client)]
+        rows.setdefault(name, {})[side] = {
+            "close": seen.close, "closed": seen.closed, "bytes": len(seen.data) // 2,
+            "keepalives_at": probes_at,
+        }  # fmt: skip
+    return {"listen": listen, "tcpdump": bool(tcpdump), "rows": rows}
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    workdir = Path(args[0] if args else "/tmp/mtproxy-lab")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if "--timers" in sys.argv:
+        print(json.dumps(asyncio.run(run_timers(workdir, 90.0)), indent=1))
+    else:
+        print(json.dumps(asyncio.run(run(workdir))))
+
+
+if __name__ == "__main__":
+    main()
