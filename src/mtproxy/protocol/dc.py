@@ -109,10 +109,6 @@ def parse_dc_override(text: str) -> tuple[int, Endpoint]:
     return dc_id, parse_endpoint(addr, DC_PORT)
 
 
-def is_ipv6(host: str) -> bool:
-    return ":" in host
-
-
 @dataclass(frozen=True)
 class DcTable:
     """Where each DC id goes; overrides win, then the built-in tables."""
