@@ -16,7 +16,6 @@ import os
 import signal
 from collections.abc import Callable
 
-from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings
 from mtproxy.ops.server import OpsServer
 from mtproxy.ops.snapshot import take
@@ -31,7 +30,7 @@ def reload_now(server: OpsServer, reloader: Reloader) -> bool:
     """Apply a freshly read configuration; False (and a log line) if it is unusable."""
     try:
         settings = reloader()
-    except (ConfigError, Exception) as exc:  # a reload must never kill a serving process
+    except Exception as exc:  # a reload must never kill a serving process
         log.error("reload failed, keeping the running configuration: %s", exc)
         return False
     notes = server.apply(settings)
