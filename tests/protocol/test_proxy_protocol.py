@@ -19,7 +19,6 @@ from mtproxy.protocol.proxy_protocol import (
     ProxyProtocolError,
     build_v1,
     build_v2,
-    crc32c,
     parse_proxy_header,
 )
 
@@ -367,11 +366,6 @@ def test_v2_crc32c_detects_a_flipped_bit() -> None:
     wire[17] ^= 0x01  # inside the source address
     with pytest.raises(ProxyProtocolError, match="CRC32C"):
         parse_proxy_header(bytes(wire))
-
-
-def test_crc32c_check_value() -> None:
-    assert crc32c(b"123456789") == 0xE3069283  # RFC 3720 / iSCSI check value
-    assert crc32c(b"") == 0
 
 
 def test_builders_refuse_bad_input() -> None:

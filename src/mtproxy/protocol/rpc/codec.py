@@ -32,6 +32,7 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from mtproxy.protocol.bufferpool import BufferPool
+from mtproxy.protocol.crc32c import crc32c
 from mtproxy.protocol.rpc.constants import (
     DEFAULT_MAX_FRAME_LEN,
     FIRST_SEQ,
@@ -39,7 +40,6 @@ from mtproxy.protocol.rpc.constants import (
     MIN_FRAME_LEN,
     PADDING_WORD,
 )
-from mtproxy.protocol.rpc.crc import crc32, crc32c, crc32c_pure
 from mtproxy.protocol.rpc.errors import RpcError
 from mtproxy.protocol.rpc.keys import RpcKeys
 
@@ -199,7 +199,7 @@ class RpcCodec:
         if self._crc32c and seq >= 0:
             crc = crc32c(head)
             for part in parts:
-                crc = crc32c_pure(part, crc)
+                crc = crc32c(part, crc)
         else:
             crc = zlib.crc32(head)
             for part in parts:
@@ -417,7 +417,7 @@ class RpcCodec:
     def _checksum(self, seq: int, data: bytes | bytearray | memoryview) -> int:
         if self._crc32c and seq >= 0:
             return crc32c(data)
-        return crc32(data)
+        return zlib.crc32(data)
 
     def _check_alive(self) -> None:
         if self._failure is not None:
