@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from system_tools import require_binary
+from system_tools import network_namespace, require_binary
 
 from mtproxy.protocol.secret import Mode, parse_secret
 
@@ -74,9 +74,9 @@ def secrets_in(lines: list[str]) -> set[str]:
 
 def test_zero_config_start_in_a_fresh_network_namespace(tmp_path: Path) -> None:
     """No options at all: port 443 on all addresses, a generated secret, links printed."""
-    unshare = require_binary("unshare", "util-linux")
+    netns = network_namespace()
     require_binary("ip", "iproute2")
-    cmd = [unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *PYTHON, "run"]
+    cmd = [*netns, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *PYTHON, "run"]
     first = Running(cmd, env_for(tmp_path))
     lines = first.read_links()
     err = first.stop()
