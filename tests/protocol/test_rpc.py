@@ -349,7 +349,7 @@ def reference_keys(
     secret: bytes,
     purpose: bytes,
 ) -> tuple[bytes, bytes]:
-    """PROTOCOL.md section 6.3 written out again, IPv4 as host-order u32 little-endian."""
+    """docs/protocol.md §8.4 written out again, IPv4 as host-order u32 little-endian."""
     sa, ca = ip_address(srv), ip_address(clt)
     v6 = isinstance(sa, IPv6Address)
     s = (

@@ -1,6 +1,6 @@
 """CRC-32C (Castagnoli), the checksum of PROXY v2 headers and of CRC32C-mode RPC frames.
 
-The one implementation in the project (docs/protocol.md §9.2 and §10.2 say where it is
+The one implementation in the project (docs/protocol.md §8.2 and §9.2 say where it is
 used). It runs in pure Python on purpose: the proxy checks it once per connection over a
 PROXY v2 header of a few hundred bytes, and never asks a middle-end for CRC32C frames
 (zlib's CRC32 is the default both sides accept), so a C extension (PyPI ``crc32c``, Debian's

@@ -3,6 +3,8 @@
 Negative ids are media DCs, which share the addresses of the positive id in direct
 mode; 203 is the CDN DC; 10001-10003 are the test DCs; anything else goes to the
 default DC, as the official server does.
+
+The table and the fallbacks: docs/protocol.md §7.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Feed it what the socket delivers; it answers "need more", "send this reply" (the
 fake-TLS ServerHello), "accepted" or "rejected, for this reason". It enforces which
 client modes are enabled, the fake-TLS checks, and replay protection. It never
 touches a socket, so the asyncio layer stays a thin loop around it.
+
+The rules it applies: docs/protocol.md §4 (fake TLS), §5 (replays), §6 (masking).
 """
 
 from __future__ import annotations

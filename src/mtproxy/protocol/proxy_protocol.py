@@ -21,6 +21,8 @@ address). The caller feeds the bytes received so far::
 read size above is never zero and a client cannot make us buffer more than
 ``max_length`` bytes; the caller should also apply a short timeout (the spec
 suggests at least 3 seconds).
+
+The header layouts as the proxy uses them: docs/protocol.md §9.
 """
 
 from __future__ import annotations

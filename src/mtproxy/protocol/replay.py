@@ -5,6 +5,8 @@ apart from the client. Every check is O(1); when the cache is full the oldest en
 goes, and the cache remembers how recent the newest evicted entry was so that a
 fake-TLS timestamp older than that can be refused outright (the official server's
 rule): under a flood the accepted window shrinks instead of replays getting through.
+
+What is remembered and for how long: docs/protocol.md §5.
 """
 
 from __future__ import annotations

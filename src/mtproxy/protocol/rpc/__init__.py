@@ -10,6 +10,8 @@ The pieces, bottom up (each usable alone):
 - :mod:`.client` -- :class:`RpcClient`, the proxy's side of the handshake on top.
 
 Every error caused by the peer's bytes is an :class:`RpcError`.
+
+The protocol itself, layout by layout: docs/protocol.md §8.
 """
 
 from mtproxy.protocol.rpc.client import RpcClient, RpcClientState

@@ -20,6 +20,8 @@ Typical order on either side::
     codec.start_encryption(keys)                     # from both nonces
     wire = codec.encode_flush(handshake.encode())    # encrypted, padded
     payloads = codec.feed(more_received)             # decrypted frames in order
+
+Frame layout, sequence numbers and checksums: docs/protocol.md §8.2.
 """
 
 from __future__ import annotations
