@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from system_tools import network_namespace, require_binary
 
+from mtproxy.cli import main
 from mtproxy.protocol.secret import Mode, parse_secret
 
 PYTHON = [sys.executable, "-m", "mtproxy"]
@@ -215,3 +216,19 @@ def test_generate_secret(tmp_path: Path) -> None:
     assert parsed.mode is Mode.TLS and parsed.domain == "www.example.com"
     bad = run_cli(["generate-secret", "--tls", "bad domain"], tmp_path)
     assert bad.returncode == 2 and "is not a domain name" in bad.stderr
+    dd = run_cli(["generate-secret", "--dd"], tmp_path).stdout.strip()
+    assert parse_secret(dd).mode is Mode.SECURE and dd.startswith("dd")
+
+
+def test_no_command_prints_the_help(tmp_path: Path) -> None:
+    result = run_cli([], tmp_path)
+    assert result.returncode == 2
+    assert result.stdout.startswith("usage: mtproxy") and "generate-secret" in result.stdout
+
+
+def test_ctrl_c_in_a_command_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted() -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mtproxy.cli.secrets.generate_secret", interrupted)
+    assert main(["generate-secret"]) == 130
