@@ -29,12 +29,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-run
 	$(BIN)/mtproxy run $(ARGS)
 
-## test: the whole test suite (unit, property, integration, real client)
+## test: the whole test suite (unit, property, integration, real client), with line and
+##       branch coverage of src/mtproxy, the `mtproxy` processes the tests start included
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest $(ARGS)
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
 	$(MAKE) --no-print-directory test-compat
 
 ## test-compat: the relay tests again with cryptography 38, the version the container ships
@@ -68,4 +72,4 @@ image-multiarch: image
 	PYTHON=$(BIN)/python scripts/build-multiarch.sh
 
 clean:
-	rm -rf $(VENV) $(COMPAT) dist build src/*.egg-info
+	rm -rf $(VENV) $(COMPAT) dist build src/*.egg-info .coverage .coverage.*

@@ -26,8 +26,8 @@ import zlib
 from ipaddress import ip_address
 from typing import cast
 
+from mtproxy.protocol.crc32c import HAVE_FAST_CRC32C
 from mtproxy.protocol.rpc import (
-    HAVE_FAST_CRC32C,
     CloseConn,
     CloseExt,
     Handshake,

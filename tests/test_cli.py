@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from system_tools import require_binary
+from system_tools import network_namespace, require_binary
 
+from mtproxy.cli import main
 from mtproxy.protocol.secret import Mode, parse_secret
 
 PYTHON = [sys.executable, "-m", "mtproxy"]
@@ -75,9 +76,9 @@ def secrets_in(lines: list[str]) -> set[str]:
 
 def test_zero_config_start_in_a_fresh_network_namespace(tmp_path: Path) -> None:
     """No options at all: port 443 on all addresses, a generated secret, links printed."""
-    unshare = require_binary("unshare", "util-linux")
+    netns = network_namespace()
     require_binary("ip", "iproute2")
-    cmd = [unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *PYTHON, "run"]
+    cmd = [*netns, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *PYTHON, "run"]
     first = Running(cmd, env_for(tmp_path))
     lines = first.read_links()
     err = first.stop()
@@ -219,3 +220,19 @@ def test_generate_secret(tmp_path: Path) -> None:
     assert parsed.mode is Mode.TLS and parsed.domain == "www.example.com"
     bad = run_cli(["generate-secret", "--tls", "bad domain"], tmp_path)
     assert bad.returncode == 2 and "is not a domain name" in bad.stderr
+    dd = run_cli(["generate-secret", "--dd"], tmp_path).stdout.strip()
+    assert parse_secret(dd).mode is Mode.SECURE and dd.startswith("dd")
+
+
+def test_no_command_prints_the_help(tmp_path: Path) -> None:
+    result = run_cli([], tmp_path)
+    assert result.returncode == 2
+    assert result.stdout.startswith("usage: mtproxy") and "generate-secret" in result.stdout
+
+
+def test_ctrl_c_in_a_command_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted() -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mtproxy.cli.secrets.generate_secret", interrupted)
+    assert main(["generate-secret"]) == 130

@@ -113,3 +113,25 @@ def test_oversized_download_is_refused(web: Web) -> None:
 def test_unreachable_server() -> None:
     with pytest.raises(FetchError, match="cannot download"):
         download("http://127.0.0.1:1/x", timeout=2)
+
+
+def test_unsaveable_download_without_a_callback(tmp_path: Path, web: Web) -> None:
+    web.routes["/s"] = (200, bytes(range(1, 129)))
+    cache = tmp_path / "proxy-secret"
+    cache.mkdir()
+    assert fetch_with_cache(web.url("/s"), cache, validate_secret) == bytes(range(1, 129))
+
+
+def test_saved_copy_used_silently_without_a_callback(tmp_path: Path, web: Web) -> None:
+    web.routes["/c"] = (503, b"")
+    cache = tmp_path / "proxy-config"
+    cache.write_bytes(OLD_CONFIG)
+    assert fetch_with_cache(web.url("/c"), cache, validate_config) == OLD_CONFIG
+
+
+def test_unreadable_saved_copy_is_named(tmp_path: Path, web: Web) -> None:
+    web.routes["/c"] = (200, HTML)
+    cache = tmp_path / "proxy-config"
+    cache.mkdir()  # exists, but reading it fails
+    with pytest.raises(FetchError, match=f"unusable file .*; cannot read {cache}"):
+        fetch_with_cache(web.url("/c"), cache, validate_config)

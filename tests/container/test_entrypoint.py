@@ -14,7 +14,6 @@ import contextlib
 import http.server
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from fakes import TAG_INTERMEDIATE, FakeDC, echo_handler, open_obfs2
+from system_tools import network_namespace
 
 from mtproxy.cli import entrypoint as ep
 from mtproxy.config.settings import OPTIONS
@@ -593,19 +593,11 @@ def test_internal_ip_is_the_outbound_interface(tmp_path: Path, web: FakeWeb) -> 
         assert f"[*]   Internal IP: {expected}" in result.stdout
 
 
-def _can_unshare() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10)
-    return probe.returncode == 0
-
-
 def test_no_route_out_exits_4(tmp_path: Path, web: FakeWeb) -> None:
     """In a network namespace with no interface up there is no internal address."""
-    if not _can_unshare() and not os.environ.get("CI"):
-        pytest.skip("cannot create a network namespace here (needs root and unshare)")
+    netns = network_namespace()
     env = environment(web, SECRET=KEY, EXTERNAL_IP=EXTERNAL, INTERNAL_IP="<unset>")
-    result = entrypoint(tmp_path, env, prefix=("unshare", "-n"))
+    result = entrypoint(tmp_path, env, prefix=tuple(netns))
     assert result.returncode == 4
     assert "internal IP" in fatal(result) and "INTERNAL_IP" in fatal(result)
 

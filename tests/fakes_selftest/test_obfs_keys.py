@@ -70,7 +70,7 @@ def test_accepts_telethon_secretless_header(codec: type[Any]) -> None:
 @pytest.mark.parametrize("tag", TAGS)
 @pytest.mark.parametrize("with_secret", [True, False])
 def test_initiator_header_matches_notes(tag: bytes, with_secret: bool) -> None:
-    """Decode the fakes' header with the formulas of PROTOCOL.md section 2 written out here."""
+    """Decode the fakes' header with docs/protocol.md §2.2/§2.3 written out here."""
     secret = os.urandom(16) if with_secret else None
     hs = make_initiator_header(tag, -2, secret)
     wire = hs.wire

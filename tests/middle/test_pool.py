@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from dataclasses import replace
@@ -340,3 +341,37 @@ async def test_ipv6_list_with_prefer_ipv6(tmp_path: Path) -> None:
             assert me4.requests[-1].payload == data
             for client in [*clients, fallback]:
                 client.close()
+
+
+async def test_a_middle_end_that_comes_up_late_is_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = closed_port()
+    config, secret = write_inputs(tmp_path / "in", {2: [("127.0.0.1", port)]})
+    with caplog.at_level(logging.INFO, logger="mtproxy.middle"):
+        async with running_proxy(middle_settings(tmp_path / "data", config, secret)) as server:
+            await wait_for(lambda: server.stats.me_connect_failures >= 2, what="failed attempts")
+            assert server.stats.me_targets_ready == 0
+            async with FakeMiddleEnd(PROXY_SECRET, port=port) as me:
+                client = await open_client(server, TAG_INTERMEDIATE)
+                data = await echo_ok(client)  # waits for the pool's next attempt
+                assert me.requests[-1].payload == data
+                client.close()
+    assert "connected again after" in caplog.text
+
+
+async def test_dropping_a_target_that_is_down_stops_its_retries(tmp_path: Path) -> None:
+    dead = ("127.0.0.1", closed_port())
+    async with FakeMiddleEnd(PROXY_SECRET) as me:
+        config, secret = write_inputs(tmp_path / "in", {2: [dead], 4: [me.address]})
+        async with running_proxy(middle_settings(tmp_path / "data", config, secret)) as server:
+            await wait_for(lambda: server.stats.me_connect_failures >= 2, what="failed attempts")
+            config.write_text(config_text({2: [me.address], 4: [me.address]}))
+            assert await upstreams(server).refresh()
+            failures = server.stats.me_connect_failures
+            await asyncio.sleep(1.0)  # more than two backoff periods of FAST
+            assert server.stats.me_connect_failures <= failures + 1  # one may be in flight
+            assert server.stats.me_targets == 1
+            client = await open_client(server, TAG_ABRIDGED, dc_id=2)
+            await echo_ok(client)
+            client.close()

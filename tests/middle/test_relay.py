@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import struct
+from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import cast
 
 import pytest
 from fakes.middle_end import FakeMiddleEnd, quickack_token
@@ -19,7 +23,7 @@ from fakes.obfs import (
 )
 from fakes.telethon_dc import plain_message, req_pq_multi
 
-from mtproxy.protocol.rpc import ProxyAns
+from mtproxy.protocol.rpc import ProxyAns, SimpleAck
 from mtproxy.protocol.rpc.constants import (
     FLAG_ABRIDGED,
     FLAG_EXTMODE2,
@@ -240,3 +244,63 @@ async def test_bad_framing_closes_the_client(tmp_path: Path) -> None:
             await client.drain()
             assert await closes(client)
             await me.wait_until(lambda: len(me.close_conns) == 1)
+
+
+async def test_quick_ack_for_unknown_client_and_unknown_opcodes(tmp_path: Path) -> None:
+    async with FakeMiddleEnd(PROXY_SECRET) as me:
+        config, secret = write_inputs(tmp_path / "in", {2: [me.address]})
+        async with running_proxy(middle_settings(tmp_path / "data", config, secret)) as server:
+            await me.wait_ready_connections(1)
+            conn = me.ready_connections()[0]
+            conn.send(SimpleAck(0xBEEF, b"\x80\x00\x00\x01").encode())
+            await me.wait_until(lambda: 0xBEEF in me.close_conns)
+            conn.send(struct.pack("<I", 0x12345678) + bytes(8))  # ignored, not fatal
+            client = await open_client(server, TAG_INTERMEDIATE)
+            data = packet()
+            client.send_packet(data)
+            await client.drain()
+            async with asyncio.timeout(5):
+                assert await client.recv_packet() == data
+            assert len(me.connections) == 1
+            client.close()
+
+
+async def test_garbage_from_a_ready_middle_end_drops_only_that_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FakeMiddleEnd(PROXY_SECRET) as me:
+        config, secret = write_inputs(tmp_path / "in", {2: [me.address]})
+        async with running_proxy(middle_settings(tmp_path / "data", config, secret)) as server:
+            await wait_for(lambda: server.stats.me_connections_active == 1, what="a link")
+            with caplog.at_level(logging.WARNING, logger="mtproxy.middle"):
+                me.ready_connections()[0].writer.write(os.urandom(64))
+                await wait_for(lambda: server.stats.me_disconnects == 1, what="the drop")
+            assert "bad stream data from the middle-proxy" in caplog.text
+            await wait_for(lambda: server.stats.me_connections_active == 1, what="a new link")
+            assert len(me.connections) >= 2
+            client = await open_client(server, TAG_ABRIDGED)
+            data = packet()
+            client.send_packet(data)
+            await client.drain()
+            async with asyncio.timeout(5):
+                assert await client.recv_packet() == data
+            client.close()
+
+
+async def test_a_middle_end_that_stops_answering_is_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = replace(FAST, ping_interval=0.1, silence_timeout=0.5)
+    async with FakeMiddleEnd(PROXY_SECRET) as me:
+        config, secret = write_inputs(tmp_path / "in", {2: [me.address]})
+        async with running_proxy(
+            middle_settings(tmp_path / "data", config, secret), options
+        ) as server:
+            await wait_for(lambda: server.stats.me_connections_active == 1, what="a link")
+            first = me.ready_connections()[0]
+            transport = cast(asyncio.Transport, first.writer.transport)
+            with caplog.at_level(logging.WARNING, logger="mtproxy.middle"):
+                transport.pause_reading()  # our pings go unanswered
+                await wait_for(lambda: server.stats.me_disconnects >= 1, what="the silence")
+            assert "middle-proxy silent for" in caplog.text
+            await me.wait_until(lambda: any(c.ready and c is not first for c in me.connections))

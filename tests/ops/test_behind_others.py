@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fakes import TAG_INTERMEDIATE, FakeDC, open_obfs2, packet_echo_handler
 
+from mtproxy.ops.socks import Socks5
 from mtproxy.protocol.proxy_protocol import build_v1, build_v2
 from ops.helpers import ALICE, BOB, ProxyProc, closed_by_proxy, connect, echo_ok, user_toml
 from ops.socks5_server import Socks5Server
@@ -120,3 +121,13 @@ async def test_a_silent_connection_is_dropped_when_the_header_never_comes(tmp_pa
         assert await proxy.stat("proxy_protocol_errors") == 1
     finally:
         assert await proxy.stop() == 0
+
+
+def test_socks5_urls() -> None:
+    with pytest.raises(ValueError, match=r"socks5://\[user:pass@\]host:port"):
+        Socks5("socks5://proxy.example")
+    upstream = Socks5("socks5h://u%40x:p%3Aw@127.0.0.1:1080")
+    assert repr(upstream) == "Socks5(127.0.0.1:1080)"
+    assert (upstream.username, upstream.password, upstream.remote_dns) == ("u@x", "p:w", True)
+    anonymous = Socks5("socks5://[::1]:1080")
+    assert (anonymous.host, anonymous.username, anonymous.remote_dns) == ("::1", None, False)

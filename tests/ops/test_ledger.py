@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtproxy.config.convert import network
@@ -106,3 +108,17 @@ def test_allow_list() -> None:
         assert allowed(ok, DEFAULT_ALLOW), ok
     for public in ("8.8.8.8", "2001:4860::8888", "172.32.0.1"):
         assert not allowed(public, DEFAULT_ALLOW), public
+
+
+def test_usage_file_that_is_not_a_mapping_or_cannot_be_saved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "usage.json").write_text("[1, 2]\n")
+    assert load_usage(tmp_path) == {}
+    (tmp_path / "usage.json").write_text('{"a": 5, "b": -1, "c": "x"}\n')
+    assert load_usage(tmp_path) == {"a": 5}
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    with caplog.at_level(logging.WARNING, logger="mtproxy"):
+        save_usage(blocked, {"a": 1})  # its data dir is a file: logged, not raised
+    assert f"cannot save quota usage in {blocked}" in caplog.text

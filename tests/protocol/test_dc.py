@@ -1,4 +1,4 @@
-"""DC address table (PROTOCOL.md §7) and the HOST:PORT / ID=HOST:PORT spellings."""
+"""DC address table (docs/protocol.md §7) and the HOST:PORT / ID=HOST:PORT spellings."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mtproxy.protocol.dc import (
     parse_endpoint,
 )
 
-# Written out from PROTOCOL.md §7, not imported, so a typo in the module's table shows.
+# Written out from docs/protocol.md §7, not imported, so a typo in the module's table shows.
 EXPECTED_V4 = {
     1: "149.154.175.50",
     2: "149.154.167.51",

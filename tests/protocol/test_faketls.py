@@ -1,4 +1,4 @@
-"""Fake TLS (PROTOCOL.md §4): ClientHello auth, ServerHello layout and signature, records.
+"""Fake TLS (docs/protocol.md §4): ClientHello auth, ServerHello layout and signature, records.
 
 HMACs and byte layouts are recomputed here from the protocol notes; two captured
 hellos from another implementation (MTG's test data) check the verifier against a

@@ -1,4 +1,4 @@
-"""Properties of the abridged / intermediate / padded framings (PROTOCOL.md §3).
+"""Properties of the abridged / intermediate / padded framings (docs/protocol.md §3).
 
 The expected wire bytes are spelled out here from the protocol notes rather than
 taken from the encoder, so an encoder and reader that agree on a wrong layout fail.

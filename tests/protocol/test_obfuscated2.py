@@ -1,4 +1,4 @@
-"""obfuscated2 headers (PROTOCOL.md §2) and download pass-through keys (§10).
+"""obfuscated2 headers (docs/protocol.md §2) and download pass-through keys (§2.4).
 
 The client and DC ends are computed here with ``hashlib`` and ``cryptography``
 directly, from the protocol notes, so the proxy's key schedule is checked against an

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mtproxy.protocol.errors import ProtocolError
 from mtproxy.protocol.proxy_config import (
+    MAX_CLUSTERS,
     MAX_CONFIG_BYTES,
     MAX_TARGETS,
     ProxyConfig,
@@ -414,3 +415,17 @@ def test_random_secrets_only_fail_on_zero_selector(secret: bytes) -> None:
             parse_proxy_secret(secret)
     else:
         assert parse_proxy_secret(secret) == secret
+
+
+def test_config_objects_refuse_inconsistent_clusters() -> None:
+    target = ProxyTarget("149.154.175.50", 8888)
+    with pytest.raises(ValueError, match="twice"):
+        ProxyConfig(clusters=((2, (target,)), (2, (target,))))
+    with pytest.raises(ValueError, match="no targets"):
+        ProxyConfig(clusters=((2, ()),))
+
+
+def test_too_many_dcs_name_their_line() -> None:
+    rows = "".join(f"proxy_for {dc} 10.0.0.1:80;\n" for dc in range(1, MAX_CLUSTERS + 2))
+    with pytest.raises(ProxyConfigError, match=f"line {MAX_CLUSTERS + 1}: more than"):
+        parse_proxy_config(rows)

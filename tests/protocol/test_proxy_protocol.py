@@ -19,7 +19,6 @@ from mtproxy.protocol.proxy_protocol import (
     ProxyProtocolError,
     build_v1,
     build_v2,
-    crc32c,
     parse_proxy_header,
 )
 
@@ -369,11 +368,6 @@ def test_v2_crc32c_detects_a_flipped_bit() -> None:
         parse_proxy_header(bytes(wire))
 
 
-def test_crc32c_check_value() -> None:
-    assert crc32c(b"123456789") == 0xE3069283  # RFC 3720 / iSCSI check value
-    assert crc32c(b"") == 0
-
-
 def test_builders_refuse_bad_input() -> None:
     with pytest.raises(ValueError):
         build_v1(("1.2.3.4", 1), ("::1", 2))
@@ -385,3 +379,18 @@ def test_builders_refuse_bad_input() -> None:
         build_v2(("x" * 200, 0), ("y", 0), family="UNIX")
     with pytest.raises(ValueError):
         build_v2(("1.2.3.4", 1), ("1.2.3.4", 1), family="INET6")
+
+
+def test_more_builder_and_parser_refusals() -> None:
+    with pytest.raises(ProxyProtocolError, match="unknown v1 protocol"):
+        parse_proxy_header(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".replace(b"TCP4", b"TCP5"))
+    with pytest.raises(ValueError, match="not an IP address"):
+        build_v1(("example.com", 1), ("1.2.3.4", 2))
+    with pytest.raises(ValueError, match="both addresses or neither"):
+        build_v2(("1.2.3.4", 1), None)
+    with pytest.raises(ValueError, match="needs addresses"):
+        build_v2(family="INET")
+    with pytest.raises(ValueError, match="longer than 65535"):
+        build_v2(("1.2.3.4", 1), ("5.6.7.8", 2), tlvs=[(0xE0, bytes(65000)), (0xE1, bytes(600))])
+    with pytest.raises(ValueError, match="TLV type"):
+        build_v2(("1.2.3.4", 1), ("5.6.7.8", 2), tlvs=[(256, b"")])

@@ -1,4 +1,4 @@
-"""Secret spellings (PROTOCOL.md §1) and the links built from them."""
+"""Secret spellings (docs/protocol.md §1) and the links built from them."""
 
 from __future__ import annotations
 

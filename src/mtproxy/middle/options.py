@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtproxy.config.settings import Settings
-from mtproxy.protocol.rpc.crc import HAVE_FAST_CRC32C
+from mtproxy.protocol.crc32c import HAVE_FAST_CRC32C
 
 
 @dataclass(frozen=True)

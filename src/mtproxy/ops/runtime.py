@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import Callable
 
-from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings
 from mtproxy.ops.api import ApiServer, Backend, load_token
 from mtproxy.ops.server import LocalLedger, OpsServer
@@ -37,7 +36,7 @@ def reload_now(server: OpsServer, reloader: Reloader) -> bool:
     """Apply a freshly read configuration; False (and a log line) if it is unusable."""
     try:
         settings = reloader()
-    except (ConfigError, Exception) as exc:  # a reload must never kill a serving process
+    except Exception as exc:  # a reload must never kill a serving process
         log.error("reload failed, keeping the running configuration: %s", exc)
         return False
     notes = server.apply(settings)

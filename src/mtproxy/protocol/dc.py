@@ -3,6 +3,8 @@
 Negative ids are media DCs, which share the addresses of the positive id in direct
 mode; 203 is the CDN DC; 10001-10003 are the test DCs; anything else goes to the
 default DC, as the official server does.
+
+The table and the fallbacks: docs/protocol.md §7.
 """
 
 from __future__ import annotations
@@ -107,10 +109,6 @@ def parse_dc_override(text: str) -> tuple[int, Endpoint]:
     if not -32768 <= dc_id <= 32767 or dc_id == 0:
         raise DcSpecError(f"{text!r}: DC id must be a non-zero 16-bit integer")
     return dc_id, parse_endpoint(addr, DC_PORT)
-
-
-def is_ipv6(host: str) -> bool:
-    return ":" in host
 
 
 @dataclass(frozen=True)

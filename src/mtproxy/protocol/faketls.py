@@ -3,7 +3,7 @@
 The client hides an HMAC of its ClientHello (keyed with the secret) in the hello's
 ``random`` field; the server proves it knows the secret the same way in its
 ServerHello. After that both sides exchange obfuscated2 bytes inside TLS
-application-data records. PROTOCOL.md §4 has the layouts.
+application-data records. docs/protocol.md §4 has the layouts.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Direct mode never re-frames (it only re-encrypts the byte stream), but middle-proxy
 mode, quick acks, the benchmark and the self-check need to cut packets out of a
 stream and build them, so the framings live here as pure code.
+
+Layouts and quick acks: docs/protocol.md §3.
 """
 
 from __future__ import annotations

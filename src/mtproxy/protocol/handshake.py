@@ -11,6 +11,8 @@ begin a ClientHello), and the connection is rejected the moment none is left, so
 the mask host answers a prober as quickly as it would answer it directly. Once the
 fake ServerHello has gone out, no rejection is maskable any more: the client has
 seen an answer the mask host never gave.
+
+The rules it applies: docs/protocol.md §4 (fake TLS), §5 (replays), §6 (masking).
 """
 
 from __future__ import annotations

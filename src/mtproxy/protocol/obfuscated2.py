@@ -2,6 +2,8 @@
 
 Clients derive their keys from the header and the proxy secret; the proxy derives
 keys for the DC leg from its own header alone (DCs know no secret).
+
+Header layout and key derivations: docs/protocol.md §2.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def build_dc_header(
 
     With ``passthrough`` (the proxy->client key), bytes 8..56 carry its reverse, so the
     DC's downstream keystream *is* the client's and the proxy can forward the DC's
-    bytes without decrypting and re-encrypting them (PROTOCOL.md §10).
+    bytes without decrypting and re-encrypting them (docs/protocol.md §2.4).
     """
     middle = None if passthrough is None else (passthrough.key + passthrough.iv)[::-1]
     header = _random_header(random_bytes, middle)

@@ -21,6 +21,8 @@ strict: an empty body, an HTML error page, a final statement without ``;`` or a
 file with no rows is rejected with a :class:`ProxyConfigError` whose message is a
 single line naming the line number, so a refresh can keep the previous config.
 Min/max checks run in file order like the official parser.
+
+Where these files come from and how they are used: docs/protocol.md §8.1.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ address). The caller feeds the bytes received so far::
 read size above is never zero and a client cannot make us buffer more than
 ``max_length`` bytes; the caller should also apply a short timeout (the spec
 suggests at least 3 seconds).
+
+The header layouts as the proxy uses them: docs/protocol.md §9.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mtproxy.protocol.crc32c import crc32c
 from mtproxy.protocol.errors import ProtocolError
 
 __all__ = [
@@ -46,7 +49,6 @@ __all__ = [
     "ProxyProtocolError",
     "build_v1",
     "build_v2",
-    "crc32c",
     "parse_proxy_header",
 ]
 
@@ -277,28 +279,6 @@ def _v2_tlvs(header: bytes, address_length: int) -> tuple[tuple[int, bytes], ...
         if crc32c(zeroed) != int.from_bytes(header[crc_at : crc_at + 4], "big"):
             raise ProxyProtocolError("v2 header fails its CRC32C check")
     return tuple(tlvs)
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1  # reflected Castagnoli polynomial
-        table.append(c)
-    return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli, RFC 4960 appendix B), the checksum of PP2_TYPE_CRC32C."""
-    crc = 0xFFFFFFFF
-    table = _CRC32C_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 # --- builders (what a load balancer sends; used by tests and the bench) --------------

@@ -9,6 +9,8 @@ rule): under a flood the accepted window shrinks instead of replays getting thro
 The cache outlives the process through :func:`encode_snapshot` /
 :func:`decode_snapshot`, the file format the data directory keeps it in (see
 :mod:`mtproxy.ops.replay_store`).
+
+What is remembered and for how long: docs/protocol.md §5.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The server holds 16 bytes per secret. Clients get it in one of three spellings that
 also choose the client's mode: plain hex (classic), ``dd`` + hex (padded
 intermediate only) and ``ee`` + hex + hex(domain) (fake TLS).
+
+Spellings and links: docs/protocol.md §1.
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ The pieces, bottom up (each usable alone):
 - :mod:`.client` -- :class:`RpcClient`, the proxy's side of the handshake on top.
 
 Every error caused by the peer's bytes is an :class:`RpcError`.
+
+The protocol itself, layout by layout: docs/protocol.md §8.
 """
 
 from mtproxy.protocol.rpc.client import RpcClient, RpcClientState
 from mtproxy.protocol.rpc.codec import RpcCodec
-from mtproxy.protocol.rpc.crc import HAVE_FAST_CRC32C, crc32, crc32c
 from mtproxy.protocol.rpc.errors import RpcError
 from mtproxy.protocol.rpc.keys import RpcKeys, derive_keys, key_material
 from mtproxy.protocol.rpc.messages import (
@@ -45,7 +46,6 @@ from mtproxy.protocol.rpc.messages import (
 )
 
 __all__ = [
-    "HAVE_FAST_CRC32C",
     "UNENCRYPTED_FUNCTIONS",
     "ClientFraming",
     "CloseConn",
@@ -67,8 +67,6 @@ __all__ = [
     "RpcMessage",
     "SimpleAck",
     "UnknownMessage",
-    "crc32",
-    "crc32c",
     "decode_ip16",
     "decode_tl_string",
     "derive_keys",

@@ -20,6 +20,8 @@ Usage with any transport::
 A wrong ``public_ip`` (the address the ME sees us as) makes the keys differ; the
 real ME then just closes the connection, so a silent close right after our
 handshake usually means NAT settings are wrong.
+
+The exchange step by step: docs/protocol.md §8.3 to §8.5.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Typical order on either side::
     codec.start_encryption(keys)                     # from both nonces
     wire = codec.encode_flush(handshake.encode())    # encrypted, padded
     payloads = codec.feed(more_received)             # decrypted frames in order
+
+Frame layout, sequence numbers and checksums: docs/protocol.md §8.2.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from mtproxy.protocol.bufferpool import BufferPool
+from mtproxy.protocol.crc32c import crc32c
 from mtproxy.protocol.rpc.constants import (
     DEFAULT_MAX_FRAME_LEN,
     FIRST_SEQ,
@@ -39,7 +42,6 @@ from mtproxy.protocol.rpc.constants import (
     MIN_FRAME_LEN,
     PADDING_WORD,
 )
-from mtproxy.protocol.rpc.crc import crc32, crc32c, crc32c_update
 from mtproxy.protocol.rpc.errors import RpcError
 from mtproxy.protocol.rpc.keys import RpcKeys
 
@@ -217,7 +219,7 @@ class RpcCodec:
         if self._crc32c and seq >= 0:
             crc = crc32c(head)
             for part in parts:
-                crc = crc32c_update(part, crc)
+                crc = crc32c(part, crc)
         else:
             crc = zlib.crc32(head)
             for part in parts:
@@ -275,7 +277,7 @@ class RpcCodec:
         seq = self._out_seq
         self._out_seq = seq + 1 if seq < 0x7FFFFFFF else -0x80000000
         _HEAD.pack_into(batch, fill, length, seq)
-        crc_fn = crc32c_update if self._crc32c and seq >= 0 else zlib.crc32
+        crc_fn = crc32c if self._crc32c and seq >= 0 else zlib.crc32
         crc = crc_fn(_HEAD.pack(length, seq), 0)
         pos = fill + 8
         for part in parts:
@@ -465,7 +467,7 @@ class RpcCodec:
                 crc_end = pos + length - 4
                 (crc,) = unpack_u32(buf, crc_end)
                 if use_crc32c and seq >= 0:
-                    actual = crc32c_update(buf[pos:crc_end], 0)
+                    actual = crc32c(buf[pos:crc_end], 0)
                 else:
                     actual = zlib.crc32(buf[pos:crc_end])
                 if crc != actual:
@@ -533,7 +535,7 @@ class RpcCodec:
     def _checksum(self, seq: int, data: bytes | bytearray | memoryview) -> int:
         if self._crc32c and seq >= 0:
             return crc32c(data)
-        return crc32(data)
+        return zlib.crc32(data)
 
     def _check_alive(self) -> None:
         if self._failure is not None:

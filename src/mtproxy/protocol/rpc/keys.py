@@ -14,6 +14,8 @@ ports little-endian u16. Over IPv6 both IPv4 fields are zero and the two raw
 ``clt_ip`` must be the proxy's address as the middle-end sees it (its public IP
 behind NAT, OFF ``--nat-info``); ``srv_ip`` the middle-end address the proxy
 connected to. ``clt_ts`` is the *client's* ``crypto_ts`` on both sides.
+
+Prose and context: docs/protocol.md §8.4.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ friends (``mtproto/mtproto-common.h``, writer in ``mtproto-proxy.c:1795-1845``).
 ``decode`` raises :class:`RpcError` for malformed bytes; constructors raise
 ``ValueError`` for out-of-range fields, which is always the caller's mistake.
 Connection ids, ping ids, opcodes and flags are unsigned Python ints.
+
+Layouts and meanings: docs/protocol.md §8.3 to §8.9.
 """
 
 from __future__ import annotations
@@ -574,7 +576,7 @@ def parse_message(payload: bytes) -> RpcMessage:
 
 
 class ClientFraming(enum.Enum):
-    """How the client framed its packets inside obfuscated2 (see PROTOCOL.md section 3)."""
+    """How the client framed its packets inside obfuscated2 (docs/protocol.md §3)."""
 
     ABRIDGED = "abridged"
     INTERMEDIATE = "intermediate"
