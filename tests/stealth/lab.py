@@ -11,9 +11,13 @@ It also measures the sizes of the records after the handshake: a bulk download f
 and through the proxy from a fake DC, and a few small writes of the fake DC.
 
 ``unshare -n python tests/stealth/lab.py DIR --timers`` measures the slow rows instead
-(90 s): when each side ends a connection that sends nothing, one byte, or half a
-ClientHello, and the TCP keep-alive probes each side sends before that (a tcpdump
-capture of the namespace's loopback; apt-get install tcpdump).
+(about 7 s): when each side ends a connection that sends nothing, one byte or half a
+ClientHello, or completes a TLS session with the site and then goes quiet; whether it is a
+FIN or a reset; and the TCP keep-alive probes each side sends before that, from a tcpdump
+capture of the namespace's loopback (apt-get install tcpdump). nginx runs with its timers
+shortened (:data:`SHORT_TIMERS`) and the proxy with a 1 s ``--keepalive``, which an
+accepted fake-TLS session in the same run shows. ``--default-timers`` keeps nginx's own
+(60 s and 75 s; about 80 s), ``--listen=SECONDS`` how long each probe waits.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def bring_loopback_up() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
-def nginx_config(workdir: Path) -> Path:
+def nginx_config(workdir: Path, timers: dict[str, int] | None = None) -> Path:
     cert, key = write_self_signed(workdir / "certs", DOMAIN, rsa_bits=2048)
     (workdir / "www").mkdir(exist_ok=True)
     (workdir / "www" / "index.html").write_text("<html><body>a web site</body></html>\n")
@@ -111,6 +115,7 @@ http {{
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
         root {workdir}/www;
+        {"".join(f"{name} {value}s; " for name, value in (timers or {}).items())}
     }}
 }}
 """)
@@ -513,6 +518,13 @@ async def run(workdir: Path) -> dict[str, Any]:
 
 # -- the slow rows: timers and keep-alive ------------------------------------------------------
 
+#: nginx's timers in the timers run: its defaults (client_header_timeout 60 s, keepalive_timeout
+#: 75 s) shortened so the run takes seconds, and different, so each row shows which one ended
+#: it. ``--default-timers`` keeps nginx's own.
+SHORT_TIMERS = {"client_header_timeout": 3, "keepalive_timeout": 5}
+#: The proxy's keep-alive idle time in the timers run: a probe from it would show within 1 s.
+KEEPALIVE = 1
+
 
 def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
     """(time, source port, destination port, seq, flags, payload length) of IPv4 TCP
@@ -554,6 +566,24 @@ def keepalives(segments: list[tuple[float, int, int, int, int, int]], server: in
     return times
 
 
+async def watch_close(
+    sock: socket.socket, started: float, listen: float, got: bytearray
+) -> tuple[float | None, str]:
+    """Read until the peer ends the connection: (seconds since ``started``, how)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(listen):
+            while True:
+                try:
+                    chunk = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    return time.monotonic() - started, "rst"
+                if not chunk:
+                    return time.monotonic() - started, "fin"
+                got += chunk
+    return None, "open"
+
+
 async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
     """Like :func:`measure`, and the client port (to find its packets in the capture)."""
     loop = asyncio.get_running_loop()
@@ -565,42 +595,94 @@ async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
     if data:
         await loop.sock_sendall(sock, data)
     got = bytearray()
-    ttfb = closed = None
-    close = "open"
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(listen):
-            while True:
-                try:
-                    chunk = await loop.sock_recv(sock, 65536)
-                except ConnectionResetError:
-                    closed, close = time.monotonic() - started, "rst"
-                    break
-                if not chunk:
-                    closed, close = time.monotonic() - started, "fin"
-                    break
-                ttfb = ttfb if ttfb is not None else time.monotonic() - started
-                got += chunk
+    closed, close = await watch_close(sock, started, listen, got)
     sock.close()
-    return local, Seen(got.hex(), ttfb, closed, close)
+    return local, Seen(got.hex(), None, closed, close)
 
 
-async def run_timers(workdir: Path, listen: float) -> dict[str, Any]:
-    """When each side ends an undecided connection, and which side sends keep-alives."""
+async def tls_then_idle(port: int, listen: float, *, request: bool) -> tuple[int, Seen]:
+    """A real TLS 1.3 handshake with the site (straight, or masked through the proxy),
+    one ``GET /`` if ``request``, then silence until the site ends the connection.
+    ``Seen.ttfb`` is when the silence began; ``Seen.data`` what came during it."""
+    import ssl
+
+    loop = asyncio.get_running_loop()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    sock = socket.socket()
+    sock.setblocking(False)
+    started = time.monotonic()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    local = sock.getsockname()[1]
+    answer = bytearray()
+    sent = False
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                tls.do_handshake()
+                if not request:
+                    break
+                if not sent:
+                    tls.write(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+                    sent = True
+                answer += tls.read(65536)
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if length is not None and len(body) >= length:
+                    break
+            except ssl.SSLWantReadError:
+                pass
+            if outgoing.pending:
+                await loop.sock_sendall(sock, outgoing.read())
+            raw = await loop.sock_recv(sock, 65536)
+            if not raw:
+                raise RuntimeError(f"port {port} closed the TLS session early")
+            incoming.write(raw)
+        if outgoing.pending:  # the client's Finished (no request) or its last ACK
+            await loop.sock_sendall(sock, outgoing.read())
+    idle = time.monotonic() - started
+    got = bytearray()
+    closed, close = await watch_close(sock, started, listen, got)
+    sock.close()
+    return local, Seen(got.hex(), idle, closed, close)
+
+
+async def fake_tls_idle(port: int, listen: float) -> tuple[int, Seen]:
+    """A client of ours: a fake-TLS session through to the DC, then silence."""
+    stream = await open_faketls("127.0.0.1", port, SECRET, DOMAIN, TAG_PADDED, 2)
+    local = stream.writer.get_extra_info("sockname")[1]
+    await asyncio.sleep(listen)
+    stream.writer.close()
+    return local, Seen("", 0.0, None, "open")
+
+
+async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None) -> dict[str, Any]:
+    """When each side ends an undecided or idle connection, and which side sends
+    keep-alives (a tcpdump capture of the namespace's loopback)."""
     bring_loopback_up()
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    conf = nginx_config(workdir)
+    conf = nginx_config(workdir, timers)
     env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
     pcap = workdir / "lo.pcap"
     tcpdump = shutil.which("tcpdump")
+    hello = build_client_hello(SECRET, DOMAIN)
     probes = {
-        "nothing": b"",
-        "one_byte_0x16": b"\x16",
-        "half_hello": build_client_hello(SECRET, DOMAIN)[:100],
+        "nothing": lambda port: timed(port, b"", listen),
+        "one_byte_0x16": lambda port: timed(port, b"\x16", listen),
+        "half_hello": lambda port: timed(port, hello[:100], listen),
+        "tls_idle": lambda port: tls_then_idle(port, listen, request=False),
+        "tls_request_idle": lambda port: tls_then_idle(port, listen, request=True),
     }
     async with (
         FakeDC(TelethonAuthResponder()) as dc,
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
-        process(proxy_cmd(workdir, dc.port), workdir / "proxy.log", env=env),
+        process(proxy_cmd(workdir, dc.port, "--keepalive", str(KEEPALIVE)),
+                workdir / "proxy.log", env=env),
     ):
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
@@ -611,26 +693,34 @@ async def run_timers(workdir: Path, listen: float) -> dict[str, Any]:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             await asyncio.sleep(1.0)
-        jobs = []
-        for name, data in probes.items():
-            for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT)):
-                jobs.append((name, side, port, timed(port, data, listen)))
-        done = await asyncio.gather(*(job for *_, job in jobs))
+        jobs = [(name, side, port) for name in probes
+                for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT))]
+        done = await asyncio.gather(
+            *(probes[name](port) for name, _, port in jobs),
+            fake_tls_idle(PROXY_PORT, min(listen, 4 * KEEPALIVE + 0.5)),
+        )
         if capture is not None:
+            await asyncio.sleep(0.2)
             capture.send_signal(signal.SIGINT)
             capture.wait(10)
     segments = tcp_segments(pcap.read_bytes()) if pcap.exists() else []
-    rows: dict[str, Any] = {}
-    for (name, side, port, _), (client, seen) in zip(jobs, done, strict=True):
+
+    def probes_at(port: int, client: int) -> list[float] | None:
         first = next((t for t, sp, dp, *_ in segments if dp == port and sp == client), None)
-        probes_at = None
-        if first is not None:
-            probes_at = [round(t - first, 1) for t in keepalives(segments, port, client)]
+        if first is None:
+            return None
+        return [round(t - first, 2) for t in keepalives(segments, port, client)]
+
+    rows: dict[str, Any] = {}
+    for (name, side, port), (client, seen) in zip(jobs, done, strict=False):
         rows.setdefault(name, {})[side] = {
-            "close": seen.close, "closed": seen.closed, "bytes": len(seen.data) // 2,
-            "keepalives_at": probes_at,
+            "close": seen.close, "closed": seen.closed, "idle_from": seen.ttfb,
+            "bytes": len(seen.data) // 2, "keepalives_at": probes_at(port, client),
         }  # fmt: skip
-    return {"listen": listen, "tcpdump": bool(tcpdump), "rows": rows}
+    client, _ = done[-1]
+    rows["fake_tls_session"] = {"proxy": {"keepalives_at": probes_at(PROXY_PORT, client)}}
+    return {"listen": listen, "nginx_timers": timers, "proxy_keepalive": KEEPALIVE,
+            "tcpdump": bool(tcpdump), "rows": rows}  # fmt: skip
 
 
 def main() -> None:
@@ -638,7 +728,11 @@ def main() -> None:
     workdir = Path(args[0] if args else "/tmp/mtproxy-lab")
     workdir.mkdir(parents=True, exist_ok=True)
     if "--timers" in sys.argv:
-        print(json.dumps(asyncio.run(run_timers(workdir, 90.0)), indent=1))
+        default = "--default-timers" in sys.argv
+        listen = next((float(a[9:]) for a in sys.argv if a.startswith("--listen=")), None)
+        listen = listen or (90.0 if default else 12.0)
+        result = asyncio.run(run_timers(workdir, listen, None if default else SHORT_TIMERS))
+        print(json.dumps(result, indent=1))
     else:
         print(json.dumps(asyncio.run(run(workdir))))
 

@@ -1,0 +1,78 @@
+"""The slow rows of the issue's table, with nginx's timers shortened (see lab.py --timers).
+
+A censor that opens a connection and sends nothing, one byte or half a ClientHello, or
+completes a TLS session with the site and then goes quiet, learns when the server gives
+up and whether it sends TCP keep-alive probes meanwhile. Through the proxy both must be
+the site's: the close at the site's time (plus the mirror's delay for undecided
+clients), the same FIN or reset, and no keep-alive probe, although the proxy runs with a
+one-second keep-alive that its own clients do get.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stealth.lab import KEEPALIVE, SHORT_TIMERS
+
+#: The proxy's --mask-mirror-after (its default): undecided clients reach the site this late.
+MIRROR = 0.5
+#: Scheduling slack on a loaded two-core machine.
+SLACK = 0.5
+UNDECIDED = ["nothing", "one_byte_0x16", "half_hello"]
+TLS_SESSIONS = {
+    # A TLS 1.3 handshake and no request: nginx waits for one for client_header_timeout.
+    "tls_idle": "client_header_timeout",
+    # One request answered, then nothing: nginx's keepalive_timeout.
+    "tls_request_idle": "keepalive_timeout",
+}
+
+
+def row(timers: dict[str, Any], probe: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert timers["tcpdump"]
+    return timers["rows"][probe]["site"], timers["rows"][probe]["proxy"]
+
+
+@pytest.mark.parametrize("probe", UNDECIDED)
+def test_an_undecided_client_is_closed_at_the_site_s_time(
+    timers: dict[str, Any], probe: str
+) -> None:
+    site, proxy = row(timers, probe)
+    # The site's own timer ended it (not the proxy's 10 s handshake timeout)...
+    timer = SHORT_TIMERS["client_header_timeout"]
+    assert timer <= site["closed"] < timer + SLACK
+    # ... and the proxy's, the site's answer relayed after the mirror's delay.
+    assert proxy["close"] == site["close"]
+    assert proxy["bytes"] == site["bytes"]
+    assert site["closed"] <= proxy["closed"] < site["closed"] + MIRROR + SLACK
+
+
+@pytest.mark.parametrize("probe", sorted(TLS_SESSIONS))
+def test_a_tls_session_with_the_site_ends_at_the_site_s_time(
+    timers: dict[str, Any], probe: str
+) -> None:
+    site, proxy = row(timers, probe)
+    timer = SHORT_TIMERS[TLS_SESSIONS[probe]]
+    assert timer <= site["closed"] < timer + SLACK
+    assert proxy["close"] == site["close"]
+    assert proxy["bytes"] == site["bytes"]  # what the site sent while the client was idle
+    assert abs(proxy["closed"] - site["closed"]) < SLACK
+
+
+@pytest.mark.parametrize("probe", [*UNDECIDED, *sorted(TLS_SESSIONS)])
+def test_no_keepalive_probe_on_a_connection_the_site_would_not_probe(
+    timers: dict[str, Any], probe: str
+) -> None:
+    """The proxy runs with a 1 s keep-alive: a probe would show long before the close."""
+    site, proxy = row(timers, probe)
+    assert site["keepalives_at"] == []
+    assert proxy["keepalives_at"] == []  # [] not None: the capture saw the connection
+    assert proxy["closed"] > 2 * KEEPALIVE
+
+
+def test_the_proxy_s_own_clients_do_get_keepalive(timers: dict[str, Any]) -> None:
+    """The same capture sees probes on an accepted fake-TLS session gone idle."""
+    probes = timers["rows"]["fake_tls_session"]["proxy"]["keepalives_at"]
+    assert len(probes) >= 2
+    assert KEEPALIVE <= probes[0] < KEEPALIVE + SLACK + 0.5
