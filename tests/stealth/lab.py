@@ -82,6 +82,7 @@ class Seen:
     ttfb: float | None  # seconds from connect to the first byte
     closed: float | None  # seconds from connect to FIN or RST
     close: str  # "fin", "rst" or "open" (still open when we stopped listening)
+    after: str | None = None  # what answered a byte sent after the close (see timed())
 
 
 def bring_loopback_up() -> None:
@@ -524,6 +525,8 @@ async def run(workdir: Path) -> dict[str, Any]:
 SHORT_TIMERS = {"client_header_timeout": 3, "keepalive_timeout": 5}
 #: The proxy's keep-alive idle time in the timers run: a probe from it would show within 1 s.
 KEEPALIVE = 1
+#: tcpi_state of a connection that was reset (Linux include/net/tcp_states.h).
+TCP_CLOSE = 7
 
 
 def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
@@ -584,8 +587,16 @@ async def watch_close(
     return None, "open"
 
 
-async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
-    """Like :func:`measure`, and the client port (to find its packets in the capture)."""
+async def timed(
+    port: int, data: bytes, listen: float, *, fin_after: float | None = None,
+    poke: bool = False,
+) -> tuple[int, Seen]:
+    """Like :func:`measure`, and the client port (to find its packets in the capture).
+
+    ``fin_after``: half-close that many seconds after connecting. ``poke``: once the
+    peer has closed, send one more byte and note whether a reset answers it within 1 s
+    (``Seen.after``: "rst" or "nothing"; a socket the site closed resets, one it only
+    half-closed does not)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setblocking(False)
@@ -594,10 +605,23 @@ async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
     local = sock.getsockname()[1]
     if data:
         await loop.sock_sendall(sock, data)
+    if fin_after is not None:
+        await asyncio.sleep(fin_after)
+        sock.shutdown(socket.SHUT_WR)
     got = bytearray()
     closed, close = await watch_close(sock, started, listen, got)
+    after = None
+    if poke and close == "fin":
+        after = "nothing"
+        with contextlib.suppress(OSError):
+            sock.send(b"x")
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE:
+                    after = "rst"
+                    break
     sock.close()
-    return local, Seen(got.hex(), None, closed, close)
+    return local, Seen(got.hex(), None, closed, close, after)
 
 
 async def tls_then_idle(port: int, listen: float, *, request: bool) -> tuple[int, Seen]:
@@ -675,6 +699,10 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
         "nothing": lambda port: timed(port, b"", listen),
         "one_byte_0x16": lambda port: timed(port, b"\x16", listen),
         "half_hello": lambda port: timed(port, hello[:100], listen),
+        # One byte, and a FIN after the mirror's moment: the site closes at once.
+        "fin_after_1s": lambda port: timed(port, b"\x16", listen, fin_after=1.0),
+        # After the site's close, one more byte: the site's closed socket resets.
+        "byte_after_close": lambda port: timed(port, b"\x16", listen, poke=True),
         "tls_idle": lambda port: tls_then_idle(port, listen, request=False),
         "tls_request_idle": lambda port: tls_then_idle(port, listen, request=True),
     }
@@ -716,6 +744,7 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
         rows.setdefault(name, {})[side] = {
             "close": seen.close, "closed": seen.closed, "idle_from": seen.ttfb,
             "bytes": len(seen.data) // 2, "keepalives_at": probes_at(port, client),
+            "after": seen.after,
         }  # fmt: skip
     client, _ = done[-1]
     rows["fake_tls_session"] = {"proxy": {"keepalives_at": probes_at(PROXY_PORT, client)}}

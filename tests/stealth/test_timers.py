@@ -20,7 +20,7 @@ from stealth.lab import KEEPALIVE, SHORT_TIMERS
 MIRROR = 0.5
 #: Scheduling slack on a loaded two-core machine.
 SLACK = 0.5
-UNDECIDED = ["nothing", "one_byte_0x16", "half_hello"]
+UNDECIDED = ["nothing", "one_byte_0x16", "half_hello", "byte_after_close"]
 TLS_SESSIONS = {
     # A TLS 1.3 handshake and no request: nginx waits for one for client_header_timeout.
     "tls_idle": "client_header_timeout",
@@ -46,6 +46,20 @@ def test_an_undecided_client_is_closed_at_the_site_s_time(
     assert proxy["close"] == site["close"]
     assert proxy["bytes"] == site["bytes"]
     assert site["closed"] <= proxy["closed"] < site["closed"] + MIRROR + SLACK
+
+
+def test_a_fin_from_a_mirrored_client_ends_it_at_once(timers: dict[str, Any]) -> None:
+    """One byte, then a FIN after the mirror's moment: the site closes at once."""
+    site, proxy = row(timers, "fin_after_1s")
+    assert site["close"] == proxy["close"] == "fin"
+    assert 1.0 <= site["closed"] < 1.0 + SLACK
+    assert abs(proxy["closed"] - site["closed"]) < SLACK
+
+
+def test_a_byte_after_the_site_s_close_gets_a_reset(timers: dict[str, Any]) -> None:
+    """The site closed its socket, so its kernel resets whatever comes next."""
+    site, proxy = row(timers, "byte_after_close")
+    assert site["after"] == proxy["after"] == "rst"
 
 
 @pytest.mark.parametrize("probe", sorted(TLS_SESSIONS))
