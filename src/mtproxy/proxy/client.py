@@ -478,6 +478,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if session.phase is not Phase.MASKING:
             self._run(session.mask_spoke())
         if session.phase is Phase.MASKING:
+            # The site's bytes keep a masked session alive too: a prober downloading
+            # from it says nothing, and only the site's own timers may end that.
+            self.active = True
             self.send_raw(view)
 
     def mask_eof(self, peer: Upstream) -> None:
