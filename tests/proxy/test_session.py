@@ -300,7 +300,8 @@ def test_a_mask_host_that_cannot_be_reached_leaves_the_client_undecided() -> Non
     assert session.phase is Phase.HANDSHAKE and not session.mask_opened
     # A rejection later tries the mask host again; when that fails, the door closes.
     assert session.timer(T0 + TIMEOUT) == [StartMask(b"\x16\x03")]
-    assert session.mask_failed() == [Close("timeout")]
+    # ... with a reset, the nearest to the refused connection of a site that is down.
+    assert session.mask_failed() == [Close("timeout", True, reset=True)]
 
 
 def test_no_mirror_without_a_mask_host_or_behind_an_unfinished_proxy_header() -> None:

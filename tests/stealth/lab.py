@@ -59,8 +59,13 @@ from stealth import tdlib  # noqa: E402
 DOMAIN = "www.example.com"
 SECRET = bytes.fromhex("5ec2e7000000000000000000000000a1")
 NGINX_PORT, PROXY_PORT = 8443, 443
-#: A second proxy whose mask host is down (nothing listens on DOWN_PORT).
-DOWN_PROXY_PORT, DOWN_PORT = 444, 8444
+#: Proxies whose mask host is down, by how it is down: nothing listens on its port
+#: (refused), its port takes no new connection (black-holed: a full accept queue drops
+#: the SYN), or its name does not resolve.
+DOWN = {"refused": (444, 8444), "black_holed": (445, 8445), "unresolvable": (446, 0)}
+UNRESOLVABLE = "mask.invalid:443"
+#: The down proxies' timers (shortened for the lab; the defaults are 10 s each).
+DOWN_TIMERS = ("--handshake-timeout", "2", "--connect-timeout", "2")
 #: TDLib's built-in production RSA key (its fingerprint; the fake DC offers it in resPQ).
 TDLIB_KEY_FINGERPRINT = 0xD09D1D85DE64FD85
 HTTP_GET = f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
@@ -151,13 +156,14 @@ async def process(cmd: list[str], log: Path, **kw: Any) -> Any:
 
 
 def proxy_cmd(
-    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT, mask: int = NGINX_PORT,
-    source_port: int = 0,
+    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT,
+    mask: int | str = NGINX_PORT, source_port: int = 0,
 ) -> list[str]:
     dcs = ["--dc", f"3=127.0.0.1:{source_port}"] if source_port else []
+    mask = mask if isinstance(mask, str) else f"127.0.0.1:{mask}"
     return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
             "--secret", SECRET.hex(), "--tls-domain", DOMAIN, *dcs,
-            "--mask", f"127.0.0.1:{mask}", "--dc", f"2=127.0.0.1:{dc_port}",
+            "--mask", mask, "--dc", f"2=127.0.0.1:{dc_port}",
             "--public-host", "127.0.0.1", "--data-dir", str(workdir / f"proxy-data-{port}"),
             "--stats", "off", "--log-level", "info", *extra]  # fmt: skip
 
@@ -233,17 +239,64 @@ async def valid_hello_then_fin() -> dict[str, Any]:
     return {"seen": asdict(seen), "records": record_shape(seen.data)}
 
 
-async def mask_down(workdir: Path) -> dict[str, Any]:
-    """A site that is down refuses the connection; a proxy in front of it accepts, then
-    closes. The difference stays (a prober can see it): the proxy says so, loudly."""
+async def site_down(kind: str) -> str:
+    """What a client of the site itself gets when the site is down in this way."""
+    if kind == "unresolvable":
+        try:
+            await asyncio.get_running_loop().getaddrinfo(*UNRESOLVABLE.split(":"))
+        except OSError:
+            return "unresolvable"
+        return "resolved"
     try:
-        site: dict[str, Any] = asdict(await measure(DOWN_PORT, HTTP_GET))
+        async with asyncio.timeout(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", DOWN[kind][1])
     except ConnectionRefusedError:
-        site = {"close": "refused"}
-    proxy = asdict(await measure(DOWN_PROXY_PORT, HTTP_GET))
-    log = (workdir / "proxy-down.log").read_text(errors="replace")
-    warning = next((line for line in log.splitlines() if "is unreachable" in line), "")
-    return {"site": site, "proxy": proxy, "warning": warning}
+        return "refused"
+    except TimeoutError:
+        return "no_synack"
+    writer.close()
+    return "connected"
+
+
+@contextlib.contextmanager
+def black_hole() -> Any:
+    """A port whose accept queue is full: Linux drops further SYNs, as a firewall would."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", DOWN["black_holed"][1]))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        yield
+
+
+async def mask_down(workdir: Path, dc_port: int, env: dict[str, str]) -> dict[str, Any]:
+    """A site that is down refuses the connection or never answers it; a proxy in front
+    of it has accepted it already. What a prober sees then, and the warning."""
+    with black_hole():
+        async with contextlib.AsyncExitStack() as procs:
+            for kind, (port, mask) in DOWN.items():
+                target = UNRESOLVABLE if kind == "unresolvable" else mask
+                log = workdir / f"proxy-down-{kind}.log"
+                await procs.enter_async_context(process(
+                    proxy_cmd(workdir, dc_port, *DOWN_TIMERS, port=port, mask=target), log,
+                    env=env,
+                ))  # fmt: skip
+            for port, _ in DOWN.values():
+                await wait_port(port)
+            kinds = list(DOWN)
+            sites = await asyncio.gather(*(site_down(kind) for kind in kinds))
+            probes = await asyncio.gather(
+                *(measure(DOWN[kind][0], data, listen=6.0)
+                  for kind in kinds for data in (HTTP_GET, b""))
+            )  # fmt: skip
+    out: dict[str, Any] = {}
+    for i, kind in enumerate(kinds):
+        text = (workdir / f"proxy-down-{kind}.log").read_text(errors="replace")
+        warning = next((line for line in text.splitlines() if "is unreachable" in line), "")
+        out[kind] = {
+            "site": sites[i], "http_get": asdict(probes[2 * i]),
+            "nothing": asdict(probes[2 * i + 1]), "warning": warning,
+        }  # fmt: skip
+    return out
 
 
 # -- record sizes after the handshake (the relay's rework will change these) ------------------
@@ -490,12 +543,9 @@ async def run(workdir: Path) -> dict[str, Any]:
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
         process(proxy_cmd(workdir, dc.port, source_port=source.port), workdir / "proxy.log",
                 env=env),
-        process(proxy_cmd(workdir, dc.port, port=DOWN_PROXY_PORT, mask=DOWN_PORT),
-                workdir / "proxy-down.log", env=env),
     ):
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
-        await wait_port(DOWN_PROXY_PORT)
         # The proxy measures nginx at start-up; give that a moment to land.
         for _ in range(100):
             if (workdir / f"proxy-data-{PROXY_PORT}" / "mask-profile.json").exists():
@@ -511,7 +561,7 @@ async def run(workdir: Path) -> dict[str, Any]:
             "valid_hello_then_fin": await valid_hello_then_fin(),
             "tdlib": await tdlib_checks(responder) if tdlib.available() else None,
         }
-        results["mask_down"] = await mask_down(workdir)
+        results["mask_down"] = await mask_down(workdir, dc.port, env)
         results["records"] = await record_sizes()
         results["proxy_log"] = (workdir / "proxy.log").read_text(errors="replace")[-4000:]
         return results
