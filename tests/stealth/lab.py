@@ -16,8 +16,14 @@ ClientHello, or completes a TLS session with the site and then goes quiet; wheth
 FIN or a reset; and the TCP keep-alive probes each side sends before that, from a tcpdump
 capture of the namespace's loopback (apt-get install tcpdump). nginx runs with its timers
 shortened (:data:`SHORT_TIMERS`) and the proxy with a 1 s ``--keepalive``, which an
-accepted fake-TLS session in the same run shows. ``--default-timers`` keeps nginx's own
-(60 s and 75 s; about 80 s), ``--listen=SECONDS`` how long each probe waits.
+accepted fake-TLS session in the same run shows. The same capture, taken with
+segmentation offload off on lo (one capture record per wire segment), shows the
+segments of the fake ServerHello flight with and without ``--server-hello-segment``.
+``--default-timers`` keeps nginx's own timers (60 s and 75 s; the run takes about 80 s),
+``--listen=SECONDS`` how long each probe waits.
+
+The quick run also puts proxies in front of a mask host that is down in each way
+(refused, black-holed, unresolvable) and notes what a prober sees.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,8 +97,11 @@ class Seen:
     after: str | None = None  # what answered a byte sent after the close (see timed())
 
 
-def bring_loopback_up() -> None:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+def bring_loopback_up(*, whole_segments: bool = False) -> None:
+    """``whole_segments``: no segmentation offload on lo, so that a capture shows each
+    TCP segment as it would cross a wire (with it, one capture record may be many)."""
+    extra = ["gso_max_segs", "1"] if whole_segments else []
+    subprocess.run(["ip", "link", "set", "lo", "up", *extra], check=True)
 
 
 def nginx_config(workdir: Path, timers: dict[str, int] | None = None) -> Path:
@@ -575,17 +585,18 @@ async def run(workdir: Path) -> dict[str, Any]:
 SHORT_TIMERS = {"client_header_timeout": 3, "keepalive_timeout": 5}
 #: The proxy's keep-alive idle time in the timers run: a probe from it would show within 1 s.
 KEEPALIVE = 1
+#: A proxy that sends its ServerHello flight in segments of at most SEGMENT bytes.
+SEGMENTED_PORT, SEGMENT = 447, 100
 #: tcpi_state of a connection that was reset (Linux include/net/tcp_states.h).
 TCP_CLOSE = 7
 
 
-def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
-    """(time, source port, destination port, seq, flags, payload length) of IPv4 TCP
-    segments in a pcap file from ``tcpdump -i lo`` (Ethernet link type)."""
+def tcp_frames(pcap: bytes) -> Iterator[tuple[float, bytes]]:
+    """(time, TCP header and payload) of the IPv4 TCP segments in a pcap file from
+    ``tcpdump -i lo`` (Ethernet link type)."""
     magic = pcap[:4]
     endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
     scale = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
-    out = []
     pos = 24
     while pos + 16 <= len(pcap):
         sec, frac, incl = struct.unpack(endian + "III", pcap[pos : pos + 12])
@@ -595,12 +606,32 @@ def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
             continue
         ip = frame[14:]
         ihl = (ip[0] & 0x0F) * 4
-        total = int.from_bytes(ip[2:4], "big")
-        tcp = ip[ihl:]
+        yield sec + frac * scale, ip[ihl : int.from_bytes(ip[2:4], "big")]
+
+
+def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
+    """(time, source port, destination port, seq, flags, payload length) of each segment."""
+    out = []
+    for when, tcp in tcp_frames(pcap):
         sport, dport, seq = struct.unpack(">HHI", tcp[:8])
-        hlen = (tcp[12] >> 4) * 4
-        out.append((sec + frac * scale, sport, dport, seq, tcp[13], total - ihl - hlen))
+        out.append((when, sport, dport, seq, tcp[13], len(tcp) - (tcp[12] >> 4) * 4))
     return out
+
+
+def syn_ack_mss(pcap: bytes, server: int, client: int) -> int | None:
+    """The MSS option of the server's SYN-ACK (what a port scan sees of it)."""
+    for _, tcp in tcp_frames(pcap):
+        if struct.unpack(">HH", tcp[:4]) != (server, client) or tcp[13] & 0x12 != 0x12:
+            continue
+        options, i = tcp[20 : (tcp[12] >> 4) * 4], 0
+        while i < len(options) and options[i] != 0:
+            if options[i] == 1:
+                i += 1
+                continue
+            if options[i] == 2:
+                return int.from_bytes(options[i + 2 : i + 4], "big")
+            i += max(2, options[i + 1])
+    return None
 
 
 def keepalives(segments: list[tuple[float, int, int, int, int, int]], server: int,
@@ -735,15 +766,73 @@ async def fake_tls_idle(port: int, listen: float) -> tuple[int, Seen]:
     return local, Seen("", 0.0, None, "open")
 
 
+async def start_capture(pcap: Path) -> subprocess.Popen[bytes] | None:
+    """tcpdump on the namespace's loopback, once it says it is listening (or None)."""
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is None:
+        return None
+    capture = subprocess.Popen(
+        [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert capture.stderr is not None
+    line = await asyncio.wait_for(asyncio.to_thread(capture.stderr.readline), 20)
+    if b"listening on" not in line:
+        raise RuntimeError(f"tcpdump did not start: {line!r}")
+    return capture
+
+
+def stop_capture(capture: subprocess.Popen[bytes] | None) -> None:
+    if capture is not None:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(10)
+
+
+async def flight_then_bulk(port: int, want: int) -> tuple[int, int]:
+    """A fake-TLS client through to the bulk source: (its port, the flight's length)."""
+    stream = await open_faketls("127.0.0.1", port, SECRET, DOMAIN, TAG_PADDED, 3)
+    assert stream.handshake is not None
+    local = stream.writer.get_extra_info("sockname")[1]
+    async with stream:
+        stream.write(b"\x02")
+        await stream.drain()
+        got = 0
+        async with asyncio.timeout(20):
+            while got < want:
+                chunk = await stream.read(1 << 16)
+                if not chunk:
+                    break
+                got += len(chunk)
+    return local, len(stream.handshake.response)
+
+
+def segment_sizes(
+    segments: list[tuple[float, int, int, int, int, int]], server: int, client: int, flight: int
+) -> dict[str, list[int]]:
+    """Sizes of the server's data segments carrying the flight (its first ``flight``
+    bytes) and of those after it, from the capture."""
+    isn = next(seq for _, sp, dp, seq, flags, _ in segments
+               if (sp, dp) == (server, client) and flags & 0x02)  # fmt: skip
+    sizes: dict[str, list[int]] = {"flight": [], "after": []}
+    seen: set[int] = set()
+    for _, sp, dp, seq, _, size in segments:
+        offset = (seq - isn - 1) % 2**32
+        if (sp, dp) != (server, client) or not size or offset in seen:
+            continue  # not the server's data, or a retransmission
+        seen.add(offset)
+        sizes["flight" if offset < flight else "after"].append(size)
+    return sizes
+
+
 async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None) -> dict[str, Any]:
     """When each side ends an undecided or idle connection, and which side sends
-    keep-alives (a tcpdump capture of the namespace's loopback)."""
-    bring_loopback_up()
+    keep-alives; and the segments of the fake ServerHello with --server-hello-segment
+    (a tcpdump capture of the namespace's loopback)."""
+    bring_loopback_up(whole_segments=True)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     conf = nginx_config(workdir, timers)
     env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
     pcap = workdir / "lo.pcap"
-    tcpdump = shutil.which("tcpdump")
     hello = build_client_hello(SECRET, DOMAIN)
     probes = {
         "nothing": lambda port: timed(port, b"", listen),
@@ -756,32 +845,36 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
         "tls_idle": lambda port: tls_then_idle(port, listen, request=False),
         "tls_request_idle": lambda port: tls_then_idle(port, listen, request=True),
     }
+    segmented = ("--server-hello-segment", str(SEGMENT))
     async with (
         FakeDC(TelethonAuthResponder()) as dc,
+        FakeDC(source_handler) as source,
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
-        process(proxy_cmd(workdir, dc.port, "--keepalive", str(KEEPALIVE)),
+        process(proxy_cmd(workdir, dc.port, "--keepalive", str(KEEPALIVE),
+                          source_port=source.port),
                 workdir / "proxy.log", env=env),
-    ):
+        process(proxy_cmd(workdir, dc.port, *segmented, port=SEGMENTED_PORT,
+                          source_port=source.port),
+                workdir / "proxy-segmented.log", env=env),
+    ):  # fmt: skip
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
-        capture = None
-        if tcpdump:
-            capture = subprocess.Popen(
-                [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            await asyncio.sleep(1.0)
-        jobs = [(name, side, port) for name in probes
-                for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT))]
-        done = await asyncio.gather(
-            *(probes[name](port) for name, _, port in jobs),
-            fake_tls_idle(PROXY_PORT, min(listen, 4 * KEEPALIVE + 0.5)),
-        )
-        if capture is not None:
+        await wait_port(SEGMENTED_PORT)
+        capture = await start_capture(pcap)
+        try:
+            jobs = [(name, side, port) for name in probes
+                    for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT))]  # fmt: skip
+            done = await asyncio.gather(
+                *(probes[name](port) for name, _, port in jobs),
+                fake_tls_idle(PROXY_PORT, min(listen, 4 * KEEPALIVE + 0.5)),
+            )
+            flights = {port: await flight_then_bulk(port, BULK)
+                       for port in (PROXY_PORT, SEGMENTED_PORT)}  # fmt: skip
             await asyncio.sleep(0.2)
-            capture.send_signal(signal.SIGINT)
-            capture.wait(10)
-    segments = tcp_segments(pcap.read_bytes()) if pcap.exists() else []
+        finally:
+            stop_capture(capture)
+    raw = pcap.read_bytes() if capture is not None else b""
+    segments = tcp_segments(raw)
 
     def probes_at(port: int, client: int) -> list[float] | None:
         first = next((t for t, sp, dp, *_ in segments if dp == port and sp == client), None)
@@ -798,8 +891,16 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
         }  # fmt: skip
     client, _ = done[-1]
     rows["fake_tls_session"] = {"proxy": {"keepalives_at": probes_at(PROXY_PORT, client)}}
+    shapes: dict[str, Any] = {}
+    for name, port in (("default", PROXY_PORT), ("segmented", SEGMENTED_PORT)):
+        client, flight = flights[port]
+        shapes[name] = {
+            "flight_bytes": flight, "syn_ack_mss": syn_ack_mss(raw, port, client),
+            **(segment_sizes(segments, port, client, flight) if segments else {}),
+        }  # fmt: skip
     return {"listen": listen, "nginx_timers": timers, "proxy_keepalive": KEEPALIVE,
-            "tcpdump": bool(tcpdump), "rows": rows}  # fmt: skip
+            "tcpdump": capture is not None, "rows": rows, "server_hello_segments": shapes,
+            "segment": SEGMENT}  # fmt: skip
 
 
 def main() -> None:

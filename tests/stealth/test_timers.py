@@ -6,6 +6,9 @@ up and whether it sends TCP keep-alive probes meanwhile. Through the proxy both 
 the site's: the close at the site's time (plus the mirror's delay for undecided
 clients), the same FIN or reset, and no keep-alive probe, although the proxy runs with a
 one-second keep-alive that its own clients do get.
+
+The same capture shows what --server-hello-segment does to the fake ServerHello's
+segments (the issue's item 9).
 """
 
 from __future__ import annotations
@@ -90,3 +93,20 @@ def test_the_proxy_s_own_clients_do_get_keepalive(timers: dict[str, Any]) -> Non
     probes = timers["rows"]["fake_tls_session"]["proxy"]["keepalives_at"]
     assert len(probes) >= 2
     assert KEEPALIVE <= probes[0] < KEEPALIVE + SLACK + 0.5
+
+
+def test_server_hello_segment_cuts_the_flight_and_only_the_flight(timers: dict[str, Any]) -> None:
+    """--server-hello-segment 100: the fake ServerHello flight leaves in segments of at
+    most 100 bytes, the data after it in full ones; the SYN-ACK (what a port scan sees)
+    advertises the same MSS as without the option. Without it the flight is one segment.
+    The capture runs with segmentation offload off, so each record is one wire segment."""
+    shapes = timers["server_hello_segments"]
+    size = timers["segment"]
+    default, segmented = shapes["default"], shapes["segmented"]
+    assert default["flight"] == [default["flight_bytes"]]
+    flight = segmented["flight_bytes"]
+    assert sum(segmented["flight"]) == flight
+    assert max(segmented["flight"]) <= size
+    assert len(segmented["flight"]) == -(-flight // size)
+    assert max(segmented["after"]) > 100 * size
+    assert segmented["syn_ack_mss"] == default["syn_ack_mss"] is not None

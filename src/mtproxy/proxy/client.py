@@ -37,7 +37,13 @@ from mtproxy.proxy.session import (
     StartSession,
     ToMask,
 )
-from mtproxy.proxy.sockets import close_soon, enable_keepalive, reset_on_close, was_reset
+from mtproxy.proxy.sockets import (
+    close_soon,
+    enable_keepalive,
+    reset_on_close,
+    was_reset,
+    write_segmented,
+)
 from mtproxy.proxy.stats import ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstream
 from mtproxy.throttled_log import ThrottledLog
@@ -309,8 +315,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Carry out what the session decided, then follow its phase and deadline."""
         for action in actions:
             if isinstance(action, SendToClient):
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(action.data)
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    segment = self.server.settings.server_hello_segment
+                    if segment:
+                        write_segmented(transport, action.data, segment)
+                    else:
+                        transport.write(action.data)
             elif isinstance(action, StartSession):
                 self._start_session(action.accepted)
             elif isinstance(action, StartMask):
