@@ -138,13 +138,18 @@ http {{
     return conf
 
 
-async def wait_port(port: int, timeout: float = 20.0) -> None:
+async def wait_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """Until something listens on ``port``; False if ``proc`` (what should) exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
-            return
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
         await asyncio.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
 
@@ -855,11 +860,14 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
                 workdir / "proxy.log", env=env),
         process(proxy_cmd(workdir, dc.port, *segmented, port=SEGMENTED_PORT,
                           source_port=source.port),
-                workdir / "proxy-segmented.log", env=env),
+                workdir / "proxy-segmented.log", env=env) as segmented_proxy,
     ):  # fmt: skip
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
-        await wait_port(SEGMENTED_PORT)
+        # An older proxy (MTPROXY_LAB_SRC) may not know the option: then no segments.
+        ports = [PROXY_PORT]
+        if await wait_port(SEGMENTED_PORT, proc=segmented_proxy):
+            ports.append(SEGMENTED_PORT)
         capture = await start_capture(pcap)
         try:
             jobs = [(name, side, port) for name in probes
@@ -868,8 +876,7 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
                 *(probes[name](port) for name, _, port in jobs),
                 fake_tls_idle(PROXY_PORT, min(listen, 4 * KEEPALIVE + 0.5)),
             )
-            flights = {port: await flight_then_bulk(port, BULK)
-                       for port in (PROXY_PORT, SEGMENTED_PORT)}  # fmt: skip
+            flights = {port: await flight_then_bulk(port, BULK) for port in ports}
             await asyncio.sleep(0.2)
         finally:
             stop_capture(capture)
@@ -893,6 +900,8 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
     rows["fake_tls_session"] = {"proxy": {"keepalives_at": probes_at(PROXY_PORT, client)}}
     shapes: dict[str, Any] = {}
     for name, port in (("default", PROXY_PORT), ("segmented", SEGMENTED_PORT)):
+        if port not in flights:
+            continue
         client, flight = flights[port]
         shapes[name] = {
             "flight_bytes": flight, "syn_ack_mss": syn_ack_mss(raw, port, client),
