@@ -113,7 +113,8 @@ async def test_healthy_while_serving_unhealthy_when_draining(tmp_path: Path, wor
             sys.executable, "-m", "mtproxy", "entrypoint", "--data-dir", str(tmp_path),
             "--address", "127.0.0.1", "-H", str(port), "-p", str(stats), "-M", workers,
             "--dc", f"2=127.0.0.1:{dc.port}",
-            env=clean_env(SHUTDOWN_GRACE="20", STATS_HOST="127.0.0.1"),
+            # MASK=off: the default mask host (www.google.com:443) would be looked up.
+            env=clean_env(SHUTDOWN_GRACE="20", STATS_HOST="127.0.0.1", MASK="off"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         assert proc.stdout is not None

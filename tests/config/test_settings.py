@@ -155,6 +155,7 @@ CASES: dict[str, Case] = {
     "download_passthrough": switch("--download-passthrough", "download_passthrough"),
     "handshake_timeout": floats("--handshake-timeout", "handshake_timeout", 0.5, 300),
     "mask_mirror_after": floats("--mask-mirror-after", "mask_mirror_after", 0, 300),
+    "server_hello_segment": ints("--server-hello-segment", "server_hello_segment", 0, 1400),
     "idle_timeout": floats("--idle-timeout", "idle_timeout", 5, 86400),
     "half_close_timeout": floats("--half-close-timeout", "half_close_timeout", 1, 3600),
     "connect_timeout": floats("--connect-timeout", "connect_timeout", 0.5, 120),

@@ -201,3 +201,36 @@ async def test_a_mask_host_pointing_back_at_the_proxy_does_not_loop(secret: byte
         assert proxy.stats.masked == 1
         assert proxy.stats.connections_total == 2
         assert not proxy.sessions and not proxy.mask_sources
+
+
+async def test_a_masked_download_is_not_cut_while_only_the_site_talks() -> None:
+    """A prober fetching something slowly from the site sends nothing meanwhile; the
+    proxy's idle sweep must count the site's bytes, or it would cut what the site keeps."""
+    import dataclasses
+
+    from mtproxy.config.settings import load_settings
+    from mtproxy.proxy.server import ProxyServer
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        for _ in range(12):  # 2.4 s, twice the proxy's idle timeout below
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.close()
+
+    site = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    site_port = site.sockets[0].getsockname()[1]
+    settings = load_settings({
+        "listen": ["127.0.0.1:0"], "secrets": [new_secret().hex()], "tls_domains": [DOMAIN],
+        "mask": f"127.0.0.1:{site_port}", "modes": "tls",
+    })  # fmt: skip
+    # Below the option's floor (5 s), to keep the test short: swept every 0.3 s.
+    proxy = ProxyServer(dataclasses.replace(settings, idle_timeout=1.2))
+    async with site, proxy:
+        reader, writer = await asyncio.open_connection(*address(proxy))
+        writer.write(b"GET /big HTTP/1.1\r\n\r\n")
+        await writer.drain()
+        got = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert got == b"x" * 12

@@ -79,3 +79,23 @@ async def test_ipv6_listener_and_dc(loop_impl: str) -> None:
                 await exchange(stream)
         conns = await dc.wait_connections(2)
         assert all(c.peer[0] == "::1" for c in conns)
+
+
+async def test_a_server_hello_sent_in_small_segments_is_still_one_valid_flight(
+    loop_impl: str,
+) -> None:
+    """--server-hello-segment writes the flight past the transport (see sockets.py);
+    the client must still get it whole, in order, and the session relay after it.
+    (The segment sizes on the wire: tests/stealth/test_timers.py, from a capture.)"""
+    secret = new_secret()
+    async with (
+        FakeDC(packet_echo_handler) as dc,
+        running_proxy(
+            [secret], {2: (dc.host, dc.port)}, modes="tls", server_hello_segment="64"
+        ) as proxy,
+    ):
+        host, port = address(proxy)
+        stream = await open_faketls(host, port, secret, DOMAIN, TAG_PADDED, 2)
+        async with stream:
+            assert stream.handshake is not None and stream.handshake.verified
+            await exchange(stream)

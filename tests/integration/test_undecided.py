@@ -21,6 +21,8 @@ from fakes.obfs import ObfsStream, make_initiator_header
 from integration.harness import address, new_secret, running_proxy
 from mtproxy.proxy.server import ProxyServer
 
+#: tcpi_state of a connection that was reset (Linux include/net/tcp_states.h).
+TCP_CLOSE = 7
 SITE_REPLY = b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -179,3 +181,58 @@ async def test_keepalive_starts_only_once_the_handshake_is_done(loop_impl: str) 
             assert client.transport is not None
             sock = client.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+
+
+async def test_a_mirrored_client_s_fin_reaches_the_site_at_once(loop_impl: str) -> None:
+    """The site closes on the prober's FIN, so the prober sees that close at once too."""
+    async with (
+        IdleSite(10.0) as site,
+        running_proxy(
+            [new_secret()], {}, mask=f"127.0.0.1:{site.port}", handshake_timeout="20",
+            mask_mirror_after="0.1",
+        ) as proxy,
+    ):
+        reader, writer = await asyncio.open_connection(*address(proxy))
+        writer.write(b"\x16")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while not site.accepted:  # mirrored by now
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        writer.write_eof()
+        outcome = await read_until_closed(reader)
+        elapsed = time.monotonic() - started
+        writer.close()
+        assert outcome == "fin"
+        assert elapsed < 2.0, elapsed  # not the site's 10 s idle timer
+        assert site.received == b"\x16"
+
+
+def tcp_state(sock: socket.socket) -> int:
+    state: int = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state
+
+
+async def test_a_byte_after_the_site_s_close_is_answered_with_a_reset(loop_impl: str) -> None:
+    """The site closed its socket: whatever the prober sends next, the site's kernel
+    answers with a reset; through the proxy the prober must get one as well."""
+    async with (
+        IdleSite(0.3) as site,
+        running_proxy(
+            [new_secret()], {}, mask=f"127.0.0.1:{site.port}", handshake_timeout="20",
+            mask_mirror_after="0.1",
+        ) as proxy,
+    ):
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address(proxy))
+            await loop.sock_sendall(sock, b"\x16")
+            assert await asyncio.wait_for(loop.sock_recv(sock, 100), 5) == b""  # the FIN
+            await asyncio.sleep(0.1)
+            assert tcp_state(sock) != TCP_CLOSE  # nothing more until the prober speaks
+            sock.send(b"x")
+            async with asyncio.timeout(2):
+                while tcp_state(sock) != TCP_CLOSE:
+                    await asyncio.sleep(0.01)

@@ -336,6 +336,9 @@ async def test_ipv6_list_with_prefer_ipv6(tmp_path: Path) -> None:
             assert not me4.requests
             assert server.stats.me_targets == 2  # both lists' addresses have pools
             await me6.stop()  # the IPv6 side goes away: IPv4 takes over
+            async with asyncio.timeout(10):  # once the proxy has seen its links go
+                while server.stats.me_disconnects < 1:
+                    await asyncio.sleep(0.02)
             fallback = await open_client(server, TAG_INTERMEDIATE, dc_id=2)
             data = await echo_ok(fallback)
             assert me4.requests[-1].payload == data

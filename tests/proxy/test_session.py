@@ -294,13 +294,37 @@ def test_a_mirrored_client_rejected_carries_on_with_the_mirror() -> None:
     assert session.phase is Phase.MASKING and session.stats.masked == 1
 
 
+def test_a_mirrored_client_s_fin_commits_it_and_goes_to_the_site() -> None:
+    """The site closes on the prober's FIN; the driver must pass it on at once (it used
+    to be dropped while the mirror was becoming the upstream)."""
+    session = mirrored()
+    session.upstream_ready(T0)
+    assert session.eof_received(T0 + 1) == [EofToUpstream()]
+    assert session.phase is Phase.MASKING and session.reason == "eof"
+    assert session.upstream_eof_received(T0 + 1.001) == [EofToClient(), Close("eof")]
+    # Not yet connected: the FIN waits for the mirror's connection.
+    session = mirrored()
+    assert session.eof_received(T0 + 1) == []
+    assert session.upstream_ready(T0 + 1) == [EofToUpstream()]
+
+
+def test_a_mask_host_that_cannot_be_reached_resets_a_rejected_client() -> None:
+    """A site that is down refuses connections; a reset is the nearest to that."""
+    session, _ = new_session()
+    [start] = session.receive(b"GET / HTTP/1.1\r\n", NOW)
+    assert isinstance(start, StartMask) and session.phase is Phase.MASKING
+    assert session.mask_failed() == [Close(session.reason or "", True, reset=True)]
+    assert session.reason not in (None, "mask_unreachable")  # the rejection's reason
+
+
 def test_a_mask_host_that_cannot_be_reached_leaves_the_client_undecided() -> None:
     session = mirrored()
     assert session.mask_failed() == []
     assert session.phase is Phase.HANDSHAKE and not session.mask_opened
     # A rejection later tries the mask host again; when that fails, the door closes.
     assert session.timer(T0 + TIMEOUT) == [StartMask(b"\x16\x03")]
-    assert session.mask_failed() == [Close("timeout")]
+    # ... with a reset, the nearest to the refused connection of a site that is down.
+    assert session.mask_failed() == [Close("timeout", True, reset=True)]
 
 
 def test_no_mirror_without_a_mask_host_or_behind_an_unfinished_proxy_header() -> None:

@@ -11,9 +11,19 @@ It also measures the sizes of the records after the handshake: a bulk download f
 and through the proxy from a fake DC, and a few small writes of the fake DC.
 
 ``unshare -n python tests/stealth/lab.py DIR --timers`` measures the slow rows instead
-(90 s): when each side ends a connection that sends nothing, one byte, or half a
-ClientHello, and the TCP keep-alive probes each side sends before that (a tcpdump
-capture of the namespace's loopback; apt-get install tcpdump).
+(about 7 s): when each side ends a connection that sends nothing, one byte or half a
+ClientHello, or completes a TLS session with the site and then goes quiet; whether it is a
+FIN or a reset; and the TCP keep-alive probes each side sends before that, from a tcpdump
+capture of the namespace's loopback (apt-get install tcpdump). nginx runs with its timers
+shortened (:data:`SHORT_TIMERS`) and the proxy with a 1 s ``--keepalive``, which an
+accepted fake-TLS session in the same run shows. The same capture, taken with
+segmentation offload off on lo (one capture record per wire segment), shows the
+segments of the fake ServerHello flight with and without ``--server-hello-segment``.
+``--default-timers`` keeps nginx's own timers (60 s and 75 s; the run takes about 80 s),
+``--listen=SECONDS`` how long each probe waits.
+
+The quick run also puts proxies in front of a mask host that is down in each way
+(refused, black-holed, unresolvable) and notes what a prober sees.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +66,13 @@ from stealth import tdlib  # noqa: E402
 DOMAIN = "www.example.com"
 SECRET = bytes.fromhex("5ec2e7000000000000000000000000a1")
 NGINX_PORT, PROXY_PORT = 8443, 443
-#: A second proxy whose mask host is down (nothing listens on DOWN_PORT).
-DOWN_PROXY_PORT, DOWN_PORT = 444, 8444
+#: Proxies whose mask host is down, by how it is down: nothing listens on its port
+#: (refused), its port takes no new connection (black-holed: a full accept queue drops
+#: the SYN), or its name does not resolve.
+DOWN = {"refused": (444, 8444), "black_holed": (445, 8445), "unresolvable": (446, 0)}
+UNRESOLVABLE = "mask.invalid:443"
+#: The down proxies' timers (shortened for the lab; the defaults are 10 s each).
+DOWN_TIMERS = ("--handshake-timeout", "2", "--connect-timeout", "2")
 #: TDLib's built-in production RSA key (its fingerprint; the fake DC offers it in resPQ).
 TDLIB_KEY_FINGERPRINT = 0xD09D1D85DE64FD85
 HTTP_GET = f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode()
@@ -78,13 +94,17 @@ class Seen:
     ttfb: float | None  # seconds from connect to the first byte
     closed: float | None  # seconds from connect to FIN or RST
     close: str  # "fin", "rst" or "open" (still open when we stopped listening)
+    after: str | None = None  # what answered a byte sent after the close (see timed())
 
 
-def bring_loopback_up() -> None:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+def bring_loopback_up(*, whole_segments: bool = False) -> None:
+    """``whole_segments``: no segmentation offload on lo, so that a capture shows each
+    TCP segment as it would cross a wire (with it, one capture record may be many)."""
+    extra = ["gso_max_segs", "1"] if whole_segments else []
+    subprocess.run(["ip", "link", "set", "lo", "up", *extra], check=True)
 
 
-def nginx_config(workdir: Path) -> Path:
+def nginx_config(workdir: Path, timers: dict[str, int] | None = None) -> Path:
     cert, key = write_self_signed(workdir / "certs", DOMAIN, rsa_bits=2048)
     (workdir / "www").mkdir(exist_ok=True)
     (workdir / "www" / "index.html").write_text("<html><body>a web site</body></html>\n")
@@ -111,19 +131,25 @@ http {{
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
         root {workdir}/www;
+        {"".join(f"{name} {value}s; " for name, value in (timers or {}).items())}
     }}
 }}
 """)
     return conf
 
 
-async def wait_port(port: int, timeout: float = 20.0) -> None:
+async def wait_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """Until something listens on ``port``; False if ``proc`` (what should) exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
-            return
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
         await asyncio.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
 
@@ -145,13 +171,14 @@ async def process(cmd: list[str], log: Path, **kw: Any) -> Any:
 
 
 def proxy_cmd(
-    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT, mask: int = NGINX_PORT,
-    source_port: int = 0,
+    workdir: Path, dc_port: int, *extra: str, port: int = PROXY_PORT,
+    mask: int | str = NGINX_PORT, source_port: int = 0,
 ) -> list[str]:
     dcs = ["--dc", f"3=127.0.0.1:{source_port}"] if source_port else []
+    mask = mask if isinstance(mask, str) else f"127.0.0.1:{mask}"
     return [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
             "--secret", SECRET.hex(), "--tls-domain", DOMAIN, *dcs,
-            "--mask", f"127.0.0.1:{mask}", "--dc", f"2=127.0.0.1:{dc_port}",
+            "--mask", mask, "--dc", f"2=127.0.0.1:{dc_port}",
             "--public-host", "127.0.0.1", "--data-dir", str(workdir / f"proxy-data-{port}"),
             "--stats", "off", "--log-level", "info", *extra]  # fmt: skip
 
@@ -227,17 +254,64 @@ async def valid_hello_then_fin() -> dict[str, Any]:
     return {"seen": asdict(seen), "records": record_shape(seen.data)}
 
 
-async def mask_down(workdir: Path) -> dict[str, Any]:
-    """A site that is down refuses the connection; a proxy in front of it accepts, then
-    closes. The difference stays (a prober can see it): the proxy says so, loudly."""
+async def site_down(kind: str) -> str:
+    """What a client of the site itself gets when the site is down in this way."""
+    if kind == "unresolvable":
+        try:
+            await asyncio.get_running_loop().getaddrinfo(*UNRESOLVABLE.split(":"))
+        except OSError:
+            return "unresolvable"
+        return "resolved"
     try:
-        site: dict[str, Any] = asdict(await measure(DOWN_PORT, HTTP_GET))
+        async with asyncio.timeout(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", DOWN[kind][1])
     except ConnectionRefusedError:
-        site = {"close": "refused"}
-    proxy = asdict(await measure(DOWN_PROXY_PORT, HTTP_GET))
-    log = (workdir / "proxy-down.log").read_text(errors="replace")
-    warning = next((line for line in log.splitlines() if "is unreachable" in line), "")
-    return {"site": site, "proxy": proxy, "warning": warning}
+        return "refused"
+    except TimeoutError:
+        return "no_synack"
+    writer.close()
+    return "connected"
+
+
+@contextlib.contextmanager
+def black_hole() -> Any:
+    """A port whose accept queue is full: Linux drops further SYNs, as a firewall would."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", DOWN["black_holed"][1]))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        yield
+
+
+async def mask_down(workdir: Path, dc_port: int, env: dict[str, str]) -> dict[str, Any]:
+    """A site that is down refuses the connection or never answers it; a proxy in front
+    of it has accepted it already. What a prober sees then, and the warning."""
+    with black_hole():
+        async with contextlib.AsyncExitStack() as procs:
+            for kind, (port, mask) in DOWN.items():
+                target = UNRESOLVABLE if kind == "unresolvable" else mask
+                log = workdir / f"proxy-down-{kind}.log"
+                await procs.enter_async_context(process(
+                    proxy_cmd(workdir, dc_port, *DOWN_TIMERS, port=port, mask=target), log,
+                    env=env,
+                ))  # fmt: skip
+            for port, _ in DOWN.values():
+                await wait_port(port)
+            kinds = list(DOWN)
+            sites = await asyncio.gather(*(site_down(kind) for kind in kinds))
+            probes = await asyncio.gather(
+                *(measure(DOWN[kind][0], data, listen=6.0)
+                  for kind in kinds for data in (HTTP_GET, b""))
+            )  # fmt: skip
+    out: dict[str, Any] = {}
+    for i, kind in enumerate(kinds):
+        text = (workdir / f"proxy-down-{kind}.log").read_text(errors="replace")
+        warning = next((line for line in text.splitlines() if "is unreachable" in line), "")
+        out[kind] = {
+            "site": sites[i], "http_get": asdict(probes[2 * i]),
+            "nothing": asdict(probes[2 * i + 1]), "warning": warning,
+        }  # fmt: skip
+    return out
 
 
 # -- record sizes after the handshake (the relay's rework will change these) ------------------
@@ -484,12 +558,9 @@ async def run(workdir: Path) -> dict[str, Any]:
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
         process(proxy_cmd(workdir, dc.port, source_port=source.port), workdir / "proxy.log",
                 env=env),
-        process(proxy_cmd(workdir, dc.port, port=DOWN_PROXY_PORT, mask=DOWN_PORT),
-                workdir / "proxy-down.log", env=env),
     ):
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
-        await wait_port(DOWN_PROXY_PORT)
         # The proxy measures nginx at start-up; give that a moment to land.
         for _ in range(100):
             if (workdir / f"proxy-data-{PROXY_PORT}" / "mask-profile.json").exists():
@@ -505,7 +576,7 @@ async def run(workdir: Path) -> dict[str, Any]:
             "valid_hello_then_fin": await valid_hello_then_fin(),
             "tdlib": await tdlib_checks(responder) if tdlib.available() else None,
         }
-        results["mask_down"] = await mask_down(workdir)
+        results["mask_down"] = await mask_down(workdir, dc.port, env)
         results["records"] = await record_sizes()
         results["proxy_log"] = (workdir / "proxy.log").read_text(errors="replace")[-4000:]
         return results
@@ -513,14 +584,24 @@ async def run(workdir: Path) -> dict[str, Any]:
 
 # -- the slow rows: timers and keep-alive ------------------------------------------------------
 
+#: nginx's timers in the timers run: its defaults (client_header_timeout 60 s, keepalive_timeout
+#: 75 s) shortened so the run takes seconds, and different, so each row shows which one ended
+#: it. ``--default-timers`` keeps nginx's own.
+SHORT_TIMERS = {"client_header_timeout": 3, "keepalive_timeout": 5}
+#: The proxy's keep-alive idle time in the timers run: a probe from it would show within 1 s.
+KEEPALIVE = 1
+#: A proxy that sends its ServerHello flight in segments of at most SEGMENT bytes.
+SEGMENTED_PORT, SEGMENT = 447, 100
+#: tcpi_state of a connection that was reset (Linux include/net/tcp_states.h).
+TCP_CLOSE = 7
 
-def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
-    """(time, source port, destination port, seq, flags, payload length) of IPv4 TCP
-    segments in a pcap file from ``tcpdump -i lo`` (Ethernet link type)."""
+
+def tcp_frames(pcap: bytes) -> Iterator[tuple[float, bytes]]:
+    """(time, TCP header and payload) of the IPv4 TCP segments in a pcap file from
+    ``tcpdump -i lo`` (Ethernet link type)."""
     magic = pcap[:4]
     endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
     scale = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
-    out = []
     pos = 24
     while pos + 16 <= len(pcap):
         sec, frac, incl = struct.unpack(endian + "III", pcap[pos : pos + 12])
@@ -530,12 +611,32 @@ def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
             continue
         ip = frame[14:]
         ihl = (ip[0] & 0x0F) * 4
-        total = int.from_bytes(ip[2:4], "big")
-        tcp = ip[ihl:]
+        yield sec + frac * scale, ip[ihl : int.from_bytes(ip[2:4], "big")]
+
+
+def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
+    """(time, source port, destination port, seq, flags, payload length) of each segment."""
+    out = []
+    for when, tcp in tcp_frames(pcap):
         sport, dport, seq = struct.unpack(">HHI", tcp[:8])
-        hlen = (tcp[12] >> 4) * 4
-        out.append((sec + frac * scale, sport, dport, seq, tcp[13], total - ihl - hlen))
+        out.append((when, sport, dport, seq, tcp[13], len(tcp) - (tcp[12] >> 4) * 4))
     return out
+
+
+def syn_ack_mss(pcap: bytes, server: int, client: int) -> int | None:
+    """The MSS option of the server's SYN-ACK (what a port scan sees of it)."""
+    for _, tcp in tcp_frames(pcap):
+        if struct.unpack(">HH", tcp[:4]) != (server, client) or tcp[13] & 0x12 != 0x12:
+            continue
+        options, i = tcp[20 : (tcp[12] >> 4) * 4], 0
+        while i < len(options) and options[i] != 0:
+            if options[i] == 1:
+                i += 1
+                continue
+            if options[i] == 2:
+                return int.from_bytes(options[i + 2 : i + 4], "big")
+            i += max(2, options[i + 1])
+    return None
 
 
 def keepalives(segments: list[tuple[float, int, int, int, int, int]], server: int,
@@ -554,8 +655,34 @@ def keepalives(segments: list[tuple[float, int, int, int, int, int]], server: in
     return times
 
 
-async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
-    """Like :func:`measure`, and the client port (to find its packets in the capture)."""
+async def watch_close(
+    sock: socket.socket, started: float, listen: float, got: bytearray
+) -> tuple[float | None, str]:
+    """Read until the peer ends the connection: (seconds since ``started``, how)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(listen):
+            while True:
+                try:
+                    chunk = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    return time.monotonic() - started, "rst"
+                if not chunk:
+                    return time.monotonic() - started, "fin"
+                got += chunk
+    return None, "open"
+
+
+async def timed(
+    port: int, data: bytes, listen: float, *, fin_after: float | None = None,
+    poke: bool = False,
+) -> tuple[int, Seen]:
+    """Like :func:`measure`, and the client port (to find its packets in the capture).
+
+    ``fin_after``: half-close that many seconds after connecting. ``poke``: once the
+    peer has closed, send one more byte and note whether a reset answers it within 1 s
+    (``Seen.after``: "rst" or "nothing"; a socket the site closed resets, one it only
+    half-closed does not)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setblocking(False)
@@ -564,73 +691,225 @@ async def timed(port: int, data: bytes, listen: float) -> tuple[int, Seen]:
     local = sock.getsockname()[1]
     if data:
         await loop.sock_sendall(sock, data)
+    if fin_after is not None:
+        await asyncio.sleep(fin_after)
+        sock.shutdown(socket.SHUT_WR)
     got = bytearray()
-    ttfb = closed = None
-    close = "open"
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(listen):
-            while True:
-                try:
-                    chunk = await loop.sock_recv(sock, 65536)
-                except ConnectionResetError:
-                    closed, close = time.monotonic() - started, "rst"
+    closed, close = await watch_close(sock, started, listen, got)
+    after = None
+    if poke and close == "fin":
+        after = "nothing"
+        with contextlib.suppress(OSError):
+            sock.send(b"x")
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE:
+                    after = "rst"
                     break
-                if not chunk:
-                    closed, close = time.monotonic() - started, "fin"
-                    break
-                ttfb = ttfb if ttfb is not None else time.monotonic() - started
-                got += chunk
     sock.close()
-    return local, Seen(got.hex(), ttfb, closed, close)
+    return local, Seen(got.hex(), None, closed, close, after)
 
 
-async def run_timers(workdir: Path, listen: float) -> dict[str, Any]:
-    """When each side ends an undecided connection, and which side sends keep-alives."""
-    bring_loopback_up()
+async def tls_then_idle(port: int, listen: float, *, request: bool) -> tuple[int, Seen]:
+    """A real TLS 1.3 handshake with the site (straight, or masked through the proxy),
+    one ``GET /`` if ``request``, then silence until the site ends the connection.
+    ``Seen.ttfb`` is when the silence began; ``Seen.data`` what came during it."""
+    import ssl
+
+    loop = asyncio.get_running_loop()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=DOMAIN)
+    sock = socket.socket()
+    sock.setblocking(False)
+    started = time.monotonic()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    local = sock.getsockname()[1]
+    answer = bytearray()
+    sent = False
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                tls.do_handshake()
+                if not request:
+                    break
+                if not sent:
+                    tls.write(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n".encode())
+                    sent = True
+                answer += tls.read(65536)
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if length is not None and len(body) >= length:
+                    break
+            except ssl.SSLWantReadError:
+                pass
+            if outgoing.pending:
+                await loop.sock_sendall(sock, outgoing.read())
+            raw = await loop.sock_recv(sock, 65536)
+            if not raw:
+                raise RuntimeError(f"port {port} closed the TLS session early")
+            incoming.write(raw)
+        if outgoing.pending:  # the client's Finished (no request) or its last ACK
+            await loop.sock_sendall(sock, outgoing.read())
+    idle = time.monotonic() - started
+    got = bytearray()
+    closed, close = await watch_close(sock, started, listen, got)
+    sock.close()
+    return local, Seen(got.hex(), idle, closed, close)
+
+
+async def fake_tls_idle(port: int, listen: float) -> tuple[int, Seen]:
+    """A client of ours: a fake-TLS session through to the DC, then silence."""
+    stream = await open_faketls("127.0.0.1", port, SECRET, DOMAIN, TAG_PADDED, 2)
+    local = stream.writer.get_extra_info("sockname")[1]
+    await asyncio.sleep(listen)
+    stream.writer.close()
+    return local, Seen("", 0.0, None, "open")
+
+
+async def start_capture(pcap: Path) -> subprocess.Popen[bytes] | None:
+    """tcpdump on the namespace's loopback, once it says it is listening (or None)."""
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is None:
+        return None
+    capture = subprocess.Popen(
+        [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert capture.stderr is not None
+    line = await asyncio.wait_for(asyncio.to_thread(capture.stderr.readline), 20)
+    if b"listening on" not in line:
+        raise RuntimeError(f"tcpdump did not start: {line!r}")
+    return capture
+
+
+def stop_capture(capture: subprocess.Popen[bytes] | None) -> None:
+    if capture is not None:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(10)
+
+
+async def flight_then_bulk(port: int, want: int) -> tuple[int, int]:
+    """A fake-TLS client through to the bulk source: (its port, the flight's length)."""
+    stream = await open_faketls("127.0.0.1", port, SECRET, DOMAIN, TAG_PADDED, 3)
+    assert stream.handshake is not None
+    local = stream.writer.get_extra_info("sockname")[1]
+    async with stream:
+        stream.write(b"\x02")
+        await stream.drain()
+        got = 0
+        async with asyncio.timeout(20):
+            while got < want:
+                chunk = await stream.read(1 << 16)
+                if not chunk:
+                    break
+                got += len(chunk)
+    return local, len(stream.handshake.response)
+
+
+def segment_sizes(
+    segments: list[tuple[float, int, int, int, int, int]], server: int, client: int, flight: int
+) -> dict[str, list[int]]:
+    """Sizes of the server's data segments carrying the flight (its first ``flight``
+    bytes) and of those after it, from the capture."""
+    isn = next(seq for _, sp, dp, seq, flags, _ in segments
+               if (sp, dp) == (server, client) and flags & 0x02)  # fmt: skip
+    sizes: dict[str, list[int]] = {"flight": [], "after": []}
+    seen: set[int] = set()
+    for _, sp, dp, seq, _, size in segments:
+        offset = (seq - isn - 1) % 2**32
+        if (sp, dp) != (server, client) or not size or offset in seen:
+            continue  # not the server's data, or a retransmission
+        seen.add(offset)
+        sizes["flight" if offset < flight else "after"].append(size)
+    return sizes
+
+
+async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None) -> dict[str, Any]:
+    """When each side ends an undecided or idle connection, and which side sends
+    keep-alives; and the segments of the fake ServerHello with --server-hello-segment
+    (a tcpdump capture of the namespace's loopback)."""
+    bring_loopback_up(whole_segments=True)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    conf = nginx_config(workdir)
+    conf = nginx_config(workdir, timers)
     env = dict(os.environ, PYTHONPATH=str(PROXY_SRC))
     pcap = workdir / "lo.pcap"
-    tcpdump = shutil.which("tcpdump")
+    hello = build_client_hello(SECRET, DOMAIN)
     probes = {
-        "nothing": b"",
-        "one_byte_0x16": b"\x16",
-        "half_hello": build_client_hello(SECRET, DOMAIN)[:100],
+        "nothing": lambda port: timed(port, b"", listen),
+        "one_byte_0x16": lambda port: timed(port, b"\x16", listen),
+        "half_hello": lambda port: timed(port, hello[:100], listen),
+        # One byte, and a FIN after the mirror's moment: the site closes at once.
+        "fin_after_1s": lambda port: timed(port, b"\x16", listen, fin_after=1.0),
+        # After the site's close, one more byte: the site's closed socket resets.
+        "byte_after_close": lambda port: timed(port, b"\x16", listen, poke=True),
+        "tls_idle": lambda port: tls_then_idle(port, listen, request=False),
+        "tls_request_idle": lambda port: tls_then_idle(port, listen, request=True),
     }
+    segmented = ("--server-hello-segment", str(SEGMENT))
     async with (
         FakeDC(TelethonAuthResponder()) as dc,
+        FakeDC(source_handler) as source,
         process([nginx, "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log"),
-        process(proxy_cmd(workdir, dc.port), workdir / "proxy.log", env=env),
-    ):
+        process(proxy_cmd(workdir, dc.port, "--keepalive", str(KEEPALIVE),
+                          source_port=source.port),
+                workdir / "proxy.log", env=env),
+        process(proxy_cmd(workdir, dc.port, *segmented, port=SEGMENTED_PORT,
+                          source_port=source.port),
+                workdir / "proxy-segmented.log", env=env) as segmented_proxy,
+    ):  # fmt: skip
         await wait_port(NGINX_PORT)
         await wait_port(PROXY_PORT)
-        capture = None
-        if tcpdump:
-            capture = subprocess.Popen(
-                [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            await asyncio.sleep(1.0)
-        jobs = []
-        for name, data in probes.items():
-            for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT)):
-                jobs.append((name, side, port, timed(port, data, listen)))
-        done = await asyncio.gather(*(job for *_, job in jobs))
-        if capture is not None:
-            capture.send_signal(signal.SIGINT)
-            capture.wait(10)
-    segments = tcp_segments(pcap.read_bytes()) if pcap.exists() else []
-    rows: dict[str, Any] = {}
-    for (name, side, port, _), (client, seen) in zip(jobs, done, strict=True):
+        # An older proxy (MTPROXY_LAB_SRC) may not know the option: then no segments.
+        ports = [PROXY_PORT]
+        if await wait_port(SEGMENTED_PORT, proc=segmented_proxy):
+            ports.append(SEGMENTED_PORT)
+        capture = await start_capture(pcap)
+        try:
+            jobs = [(name, side, port) for name in probes
+                    for side, port in (("site", NGINX_PORT), ("proxy", PROXY_PORT))]  # fmt: skip
+            done = await asyncio.gather(
+                *(probes[name](port) for name, _, port in jobs),
+                fake_tls_idle(PROXY_PORT, min(listen, 4 * KEEPALIVE + 0.5)),
+            )
+            flights = {port: await flight_then_bulk(port, BULK) for port in ports}
+            await asyncio.sleep(0.2)
+        finally:
+            stop_capture(capture)
+    raw = pcap.read_bytes() if capture is not None else b""
+    segments = tcp_segments(raw)
+
+    def probes_at(port: int, client: int) -> list[float] | None:
         first = next((t for t, sp, dp, *_ in segments if dp == port and sp == client), None)
-        probes_at = None
-        if first is not None:
-            probes_at = [round(t - first, 1) for t in keepalives(segments, port, client)]
+        if first is None:
+            return None
+        return [round(t - first, 2) for t in keepalives(segments, port, client)]
+
+    rows: dict[str, Any] = {}
+    for (name, side, port), (client, seen) in zip(jobs, done, strict=False):
         rows.setdefault(name, {})[side] = {
-            "close": seen.close, "closed": seen.closed, "bytes": len(seen.data) // 2,
-            "keepalives_at": probes_at,
+            "close": seen.close, "closed": seen.closed, "idle_from": seen.ttfb,
+            "bytes": len(seen.data) // 2, "keepalives_at": probes_at(port, client),
+            "after": seen.after,
         }  # fmt: skip
-    return {"listen": listen, "tcpdump": bool(tcpdump), "rows": rows}
+    client, _ = done[-1]
+    rows["fake_tls_session"] = {"proxy": {"keepalives_at": probes_at(PROXY_PORT, client)}}
+    shapes: dict[str, Any] = {}
+    for name, port in (("default", PROXY_PORT), ("segmented", SEGMENTED_PORT)):
+        if port not in flights:
+            continue
+        client, flight = flights[port]
+        shapes[name] = {
+            "flight_bytes": flight, "syn_ack_mss": syn_ack_mss(raw, port, client),
+            **(segment_sizes(segments, port, client, flight) if segments else {}),
+        }  # fmt: skip
+    return {"listen": listen, "nginx_timers": timers, "proxy_keepalive": KEEPALIVE,
+            "tcpdump": capture is not None, "rows": rows, "server_hello_segments": shapes,
+            "segment": SEGMENT}  # fmt: skip
 
 
 def main() -> None:
@@ -638,7 +917,11 @@ def main() -> None:
     workdir = Path(args[0] if args else "/tmp/mtproxy-lab")
     workdir.mkdir(parents=True, exist_ok=True)
     if "--timers" in sys.argv:
-        print(json.dumps(asyncio.run(run_timers(workdir, 90.0)), indent=1))
+        default = "--default-timers" in sys.argv
+        listen = next((float(a[9:]) for a in sys.argv if a.startswith("--listen=")), None)
+        listen = listen or (90.0 if default else 12.0)
+        result = asyncio.run(run_timers(workdir, listen, None if default else SHORT_TIMERS))
+        print(json.dumps(result, indent=1))
     else:
         print(json.dumps(asyncio.run(run(workdir))))
 

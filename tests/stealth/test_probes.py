@@ -98,13 +98,29 @@ def test_tdlib_takes_full_tls13_records(lab: dict[str, Any], size: str) -> None:
     assert tdlib_results(lab)[size]["dh_params_ok"] == 1
 
 
-def test_a_mask_host_that_is_down_is_said_loudly(lab: dict[str, Any]) -> None:
-    """Not like the site (it would refuse the connection): documented, and a WARNING."""
-    down = lab["mask_down"]
-    assert down["site"]["close"] == "refused"
-    assert down["proxy"]["close"] == "fin" and down["proxy"]["data"] == ""
-    assert "WARNING" in down["warning"] and "127.0.0.1:8444" in down["warning"]
-    assert "fix:" in down["warning"]
+@pytest.mark.parametrize(
+    ("kind", "site", "get_at", "silent_at"),
+    [("refused", "refused", 0.0, 2.0), ("black_holed", "no_synack", 2.0, 2.5),
+     ("unresolvable", "unresolvable", 0.0, 2.0)],
+)  # fmt: skip
+def test_a_mask_host_that_is_down_gets_a_reset_and_is_said_loudly(
+    lab: dict[str, Any], kind: str, site: str, get_at: float, silent_at: float
+) -> None:
+    """Not like the site (a site that is down refuses the connection or never answers
+    it): the nearest the proxy can come, once it has accepted, is a reset as soon as it
+    knows the site is not there; documented, and a WARNING naming the fix.
+
+    An HTTP request is rejected at once and reset when the mask connection fails: at
+    once, or after the lab's --connect-timeout (2 s) for a black hole. A silent client
+    is reset at the lab's --handshake-timeout (2 s), or when the mirror's connection
+    attempt (from 0.5 s) gives up, whichever is later."""
+    down = lab["mask_down"][kind]
+    assert down["site"] == site
+    for probe, at in (("http_get", get_at), ("nothing", silent_at)):
+        seen = down[probe]
+        assert seen["close"] == "rst" and seen["data"] == "", (probe, seen)
+        assert at <= seen["closed"] < at + TOLERANCE, (probe, seen)
+    assert "WARNING" in down["warning"] and "fix:" in down["warning"]
 
 
 def test_the_site_sends_full_tls13_records(lab: dict[str, Any]) -> None:

@@ -74,6 +74,8 @@ class Settings:
     download_passthrough: bool = False
     handshake_timeout: float = 10.0
     mask_mirror_after: float = 0.5
+    #: Bytes per TCP segment of the fake-TLS ServerHello flight (0: as the kernel sends it).
+    server_hello_segment: int = 0
     idle_timeout: float = 300.0
     half_close_timeout: float = 10.0
     connect_timeout: float = 10.0
@@ -208,6 +210,10 @@ OPTIONS: list[Option] = [
     Option("mask_mirror_after", ("--mask-mirror-after",), cv.float_range(0, 300),
            "seconds after which a client still undecided is mirrored to the mask host, so "
            "probers see the site's own timers (default 0.5)", metavar="SECONDS"),
+    Option("server_hello_segment", ("--server-hello-segment",), cv.int_range(0, 1400),
+           "send the fake-TLS ServerHello in TCP segments of at most this many bytes, later "
+           "data in full ones (some DPI systems match the first full segment; 0: off)",
+           metavar="BYTES"),
     Option("idle_timeout", ("--idle-timeout",), cv.float_range(5, 86400),
            "close sessions with no traffic for this long", metavar="SECONDS"),
     Option("half_close_timeout", ("--half-close-timeout",), cv.float_range(1, 3600),

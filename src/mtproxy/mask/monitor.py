@@ -224,7 +224,7 @@ class MaskMonitor:
         self._warned_at = now
         log.warning(
             "mask host %s is unreachable: %s. Connections that fail the handshake (a "
-            "prober's) are closed instead of being shown the site, which a censor can tell; "
+            "prober's) are reset instead of being shown the site, which a censor can tell; "
             "fix: start the site, or point --mask at a reachable web site (HOST:PORT)",
             self.mask_name, reason,
         )

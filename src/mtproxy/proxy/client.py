@@ -37,7 +37,13 @@ from mtproxy.proxy.session import (
     StartSession,
     ToMask,
 )
-from mtproxy.proxy.sockets import close_soon, enable_keepalive, reset_on_close, was_reset
+from mtproxy.proxy.sockets import (
+    close_soon,
+    enable_keepalive,
+    reset_on_close,
+    was_reset,
+    write_segmented,
+)
 from mtproxy.proxy.stats import ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstream
 from mtproxy.throttled_log import ThrottledLog
@@ -50,6 +56,12 @@ _TLS12 = 0x0303
 _MAX_RECORD = faketls.MAX_RECORD_OUT
 #: Client bytes held while the upstream connection is being opened.
 EARLY_LIMIT = 256 * 1024
+#: After the mask host's FIN, when to look for its reset of bytes the client sent later:
+#: first after this many seconds, then at twice the last interval, for about 1.5 s
+#: (3, 9, 21, 45, 93 ... 1533 ms): a reset is passed on at most about as late again
+#: as it took to come.
+MASK_RESET_FIRST = 0.003
+MASK_RESET_WATCH = 0.5
 
 
 class ClientHost(Protocol):
@@ -94,6 +106,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "mask_peer",
         "mask_pending",
         "mask_task",
+        "mask_watch",
         "on_data",
         "peername",
         "reading_paused",
@@ -143,6 +156,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.mask_peer: Upstream | None = None
         self.mask_task: asyncio.Task[None] | None = None
         self.mask_pending = bytearray()
+        #: A look for the mask host's reset after it ended its side (see _watch_mask_reset).
+        self.mask_watch: asyncio.TimerHandle | None = None
         self.accepted: Accepted | None = None
         self.decryptor: CipherContext | None = None
         self.encryptor: CipherContext | None = None
@@ -200,6 +215,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.user.connections_active -= 1
         self.server.sessions.discard(self)
         self._cancel_timer()
+        if self.mask_watch is not None:
+            self.mask_watch.cancel()
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -298,8 +315,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Carry out what the session decided, then follow its phase and deadline."""
         for action in actions:
             if isinstance(action, SendToClient):
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(action.data)
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    segment = self.server.settings.server_hello_segment
+                    if segment:
+                        write_segmented(transport, action.data, segment)
+                    else:
+                        transport.write(action.data)
             elif isinstance(action, StartSession):
                 self._start_session(action.accepted)
             elif isinstance(action, StartMask):
@@ -309,6 +331,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             elif isinstance(action, DropMask):
                 self._drop_mask()
             elif isinstance(action, EofToUpstream):
+                self._commit_mirror()  # a mirrored client's FIN goes to the site
                 if self.upstream is not None:
                     self.upstream.write_eof()
             elif isinstance(action, EofToClient):
@@ -324,11 +347,15 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if action.reset and self.transport is not None:
                     reset_on_close(self.transport.get_extra_info("socket"))
                 self.close(action.abort)
-        phase = self.session.phase
-        if phase is Phase.MASKING and self.upstream is None and self.mask_peer is not None:
-            self.upstream = self.mask_peer  # a mirrored client committed to the mask
+        self._commit_mirror()
         self.on_data = self._handler()
         self._arm_timer()
+
+    def _commit_mirror(self) -> None:
+        """A mirrored client committed to the mask: its connection becomes the upstream."""
+        peer = self.mask_peer
+        if self.upstream is None and peer is not None and self.session.phase is Phase.MASKING:
+            self.upstream = peer
 
     def _handler(self) -> Callable[[memoryview], None]:
         """The handler of received bytes in the session's phase."""
@@ -462,6 +489,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if session.phase is not Phase.MASKING:
             self._run(session.mask_spoke())
         if session.phase is Phase.MASKING:
+            # The site's bytes keep a masked session alive too: a prober downloading
+            # from it says nothing, and only the site's own timers may end that.
+            self.active = True
             self.send_raw(view)
 
     def mask_eof(self, peer: Upstream) -> None:
@@ -521,8 +551,33 @@ class ClientConnection(asyncio.BufferedProtocol):
         upstream = self.upstream
         if upstream is not None:
             upstream.send(view)
+            if self.session.upstream_eof:
+                self._watch_mask_reset(upstream)
         else:
             self.mask_pending += view
+
+    def _watch_mask_reset(self, peer: Upstream, delay: float | None = None) -> None:
+        """The site ended its side and the client sent more. A site that closed its
+        socket answers that with a reset, and a prober talking to the site would see it;
+        but a connection is no longer read after its FIN, so the reset would go
+        unnoticed. Look for it at growing intervals (a site that only half-closed takes
+        the bytes and says nothing)."""
+        if self.mask_watch is not None or self.closed:
+            return
+        if delay is None:
+            delay = MASK_RESET_FIRST
+        self.mask_watch = self.server.loop.call_later(delay, self._mask_reset_check, peer, delay)
+
+    def _mask_reset_check(self, peer: Upstream, delay: float) -> None:
+        self.mask_watch = None
+        if self.closed or peer is not self.upstream:
+            return
+        if peer.was_reset():
+            self.upstream = self.mask_peer = None
+            peer.close(abort=True)
+            self._run(self.session.upstream_lost(True))
+        elif delay < MASK_RESET_WATCH:
+            self._watch_mask_reset(peer, delay * 2)
 
     def send_plain(self, data: memoryview | bytes) -> None:
         """Upstream plaintext -> encrypt (and wrap in TLS records) -> client."""

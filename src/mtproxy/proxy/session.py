@@ -312,7 +312,9 @@ class Session:
             self.mask_opened = self.connected = False
             return []
         if self.phase is Phase.MASKING:
-            return self._close("mask_unreachable")
+            # A site that is down refuses the connection (a reset to the SYN); the
+            # nearest a connection we accepted can come to that is a reset, not a FIN.
+            return self._close("mask_unreachable", abort=True, reset=True)
         return []
 
     def upstream_eof_received(self, now: float) -> list[Action]:

@@ -86,6 +86,40 @@ def reset_on_close(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
 
 
+def write_segmented(transport: asyncio.Transport, data: bytes, size: int) -> None:
+    """Write ``data`` as TCP segments of at most ``size`` bytes; later writes go on in
+    full ones.
+
+    Linux cannot lower a connection's MSS for a while: TCP_MAXSEG set on an accepted
+    socket changes nothing, and set on the listener it is advertised in the SYN-ACK and
+    holds both ways for the connection's life. What works: each piece sent on its own
+    with MSG_EOR, which forbids the kernel to append later bytes to that buffer, while
+    TCP_NODELAY (asyncio and uvloop set it) sends it at once. The pieces still count
+    against the initial congestion window (ten segments): more than ten cost a round
+    trip each ten. Only while nothing else is queued (order), and on a non-blocking
+    socket: what the kernel does not take at once is left to the transport.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.get_write_buffer_size() or not hasattr(socket, "MSG_EOR"):
+        transport.write(data)
+        return
+    # The transport's own socket object does not send; a second one on its descriptor
+    # does, and is detached (not closed) afterwards.
+    raw = socket.socket(fileno=sock.fileno())
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += raw.send(data[sent : sent + size], socket.MSG_EOR)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        pass  # the transport meets the same error on its next write and reports it
+    finally:
+        raw.detach()
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
 def set_keepalive(sock: socket.socket, idle: int, *, probes: bool = True) -> None:
     """TCP keepalive so dead peers (NAT timeouts, vanished phones) get noticed.
 
