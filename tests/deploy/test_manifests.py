@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
-from system_tools import require_binary
+from system_tools import network_namespace, require_binary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_DIR = DEPLOY / "kubernetes"
@@ -728,11 +728,10 @@ def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
     names (``mtproxy``, Docker's service name) with the system resolver, which would
     send DNS queries off the machine; there it fails at once and only warns."""
     binary = require_binary("haproxy", "haproxy")
-    unshare = require_binary("unshare", "util-linux")
     require_binary("ip", "iproute2")
     # Loopback up: the config's resolvers section names a nameserver on 127.0.0.11.
     return subprocess.run(
-        [unshare, "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+        [*network_namespace(), "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
          binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
 
