@@ -105,6 +105,8 @@ PROBE_MODULES = ("encodings.idna", "uvloop")
 # Files in site-packages that only serve compilers, type checkers and test runners.
 SITE_DROP_SUFFIXES = (".pyx", ".pxd", ".pxi", ".pyi", ".c", ".h", ".typed", ".pth")
 SITE_DROP_DIRS = frozenset({"__pycache__", "tests", "bin"})
+# Test helpers and command-line extras of dependencies that a server never imports.
+SITE_DROP_FILES = frozenset({"_testbase.py", "_cli.py", "benchmark.py"})
 # cryptography needs the _cffi_backend extension at run time, but not cffi's Python code
 # (which only generates bindings) nor its C parser.
 SITE_DROP_PACKAGES = frozenset({"cffi", "pycparser", "_distutils_hack"})
@@ -384,6 +386,14 @@ def top_level_name(entry: str) -> str:
     return re.split(r"[-.]", entry, maxsplit=1)[0]
 
 
+def metadata_headers(data: bytes) -> bytes:
+    """A distribution's METADATA without its long description (the body after the first
+    blank line, usually the whole README): name, version and requirements stay, which is
+    all importlib.metadata reads at run time."""
+    head, _, _ = data.partition(b"\n\n")
+    return head + b"\n"
+
+
 def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
                hot: set[Path], own: frozenset[str]) -> list[Path]:
     """Copy installed packages into SITE without build-only files.
@@ -410,12 +420,16 @@ def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
                 dirnames[:] = [d for d in dirnames if d not in SITE_DROP_DIRS]
                 rel_dir = Path(dirpath).relative_to(site)
                 for filename in filenames:
-                    if filename.endswith(SITE_DROP_SUFFIXES) or filename == "RECORD":
+                    if (filename.endswith(SITE_DROP_SUFFIXES) or filename == "RECORD"
+                            or filename in SITE_DROP_FILES):
                         continue
                     source = Path(dirpath) / filename
                     dest = dest_root / rel_dir / filename
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     display = str(SITE / rel_dir / filename)
+                    if filename == "METADATA" and rel_dir.name.endswith(".dist-info"):
+                        dest.write_bytes(metadata_headers(source.read_bytes()))
+                        continue
                     if filename.endswith(".py") and source in hot and name not in own:
                         dest.with_suffix(".pyc").write_bytes(pyc_bytes(source, display))
                         continue
