@@ -32,7 +32,7 @@ run: $(VENV)/.installed-run
 ## test: the whole test suite (unit, property, integration, real client), with line and
 ##       branch coverage of src/mtproxy, the `mtproxy` processes the tests start included
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docker scripts
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/coverage erase

@@ -18,7 +18,6 @@ import io
 import json
 import marshal
 import os
-import py_compile
 import re
 import shlex
 import shutil
@@ -87,9 +86,9 @@ ENCODINGS_KEEP = frozenset(
     }
 )
 # Extension modules kept from lib-dynload; the rest (test modules, curses, dbm, sqlite,
-# readline, multiprocessing's, lzma, bz2, decimal, CJK codecs, audio, zoneinfo) go with the code that uses
-# them, and _uuid with its libuuid: the uuid module works without it. _ctypes costs no
-# library: libffi is loaded for cryptography's _cffi_backend anyway.
+# readline, multiprocessing's, lzma, bz2, decimal, CJK codecs, audio, zoneinfo) go with the
+# code that uses them, and _uuid with its libuuid: the uuid module works without it.
+# _ctypes costs no library: libffi is loaded for cryptography's _cffi_backend anyway.
 DYNLOAD_KEEP = frozenset(
     {
         "_asyncio", "_contextvars", "_ctypes", "_hashlib", "_json", "_queue", "_ssl",
@@ -401,8 +400,9 @@ def build_site(fs: RootFS, sources: list[tuple[Path, frozenset[str] | None]],
     SOURCES pairs a site-packages directory with the top-level names to take from it (None:
     all). The proxy's own packages (OWN) are stored as source only, so tracebacks show
     lines: their bytecode compresses worse than the source (0.32 against 0.12 MB gzipped)
-    and compiling all of it takes about 0.1 s at start. Dependencies are stored like the stdlib: what a start
-    loads as sourceless bytecode without docstrings, the rest as source. Returns the
+    and compiling all of it takes about 0.1 s at start. Dependencies are stored like the
+    stdlib: what a start loads as sourceless bytecode without docstrings, the rest as
+    source. Returns the
     extension modules copied.
     """
     dest_root = fs.target(SITE)
