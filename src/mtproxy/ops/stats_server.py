@@ -152,13 +152,17 @@ _COUNTERS = {
     "upstream_connects": "Connection attempts towards Telegram",
     "upstream_failures": "Sessions whose upstream could not be reached",
     "masked": "Failed handshakes relayed to the mask host",
-    "accept_refused": "Client connections closed at accept: per-worker cap reached",
+    "accept_refused": "Client connections closed at accept: the per-worker cap was reached",
+    "fd_exhausted": "Times a process found no file descriptor left (accepting paused, or "
+    "a connection not opened)",
     "proxy_protocol_errors": "Connections dropped for a missing or bad PROXY header",
     "quota_closed": "Sessions closed because their user ran out of quota",
 }
 _GAUGES = {
     "connections_active": "Client connections open now",
     "sessions_active": "Sessions relaying to an upstream now",
+    "open_fds": "File descriptors open now (summed over workers)",
+    "fd_limit": "Soft file descriptor limit (summed over workers)",
 }
 _SKIP = {"bytes_from_clients", "bytes_to_clients"}
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
