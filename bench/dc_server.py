@@ -6,7 +6,8 @@ header). The payload bytes are never decrypted: the proxy's cost does not depend
 on what the bytes mean, and the fake must stay cheap.
 
 DC ids: 1 echo, 2 send ``--source-bytes`` then close, 3 read until EOF then report
-the count, 4 hold the connection open silently.
+the count, 4 hold the connection open silently, 5 stop reading after the header (a DC
+that stalled), 6 read and never answer, not even a FIN (bench/ops_rows.py uses 5, 6).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class DcProtocol(asyncio.BufferedProtocol):
             self.mode = struct.unpack("<h", plain[60:62])[0]
             if self.mode == 2:
                 self._pump()
+            elif self.mode == 5 and self.transport is not None:
+                self.transport.pause_reading()
+                return
         assert self.transport is not None
         if not data:
             return
@@ -81,6 +85,8 @@ class DcProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         assert self.transport is not None
+        if self.mode == 6:
+            return True  # half-open for good: no answer, no FIN
         if self.mode == 3:
             self.transport.write(struct.pack("<Q", self.count))
         self.transport.close()

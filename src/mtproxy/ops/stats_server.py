@@ -25,6 +25,8 @@ from mtproxy import __version__
 from mtproxy.config.settings import IPNetwork
 from mtproxy.ops.snapshot import Snapshot, render_tsv
 from mtproxy.protocol.dc import Endpoint
+from mtproxy.proxy.accept import StreamServer
+from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.stats")
 
@@ -70,11 +72,18 @@ class StatsServer:
         self.endpoint = endpoint
         self.source = source
         self.allow: Sequence[IPNetwork] = tuple(allow) or DEFAULT_ALLOW
-        self._server: asyncio.Server | None = None
+        self._server: StreamServer | None = None
+        self.shortages = ThrottledLog(log)
 
     async def start(self) -> None:
         host, port = self.endpoint
-        self._server = await asyncio.start_server(self._handle, host, port)
+        server = StreamServer(self._handle, self._shortage)
+        await server.start(host, port)
+        self._server = server
+
+    def _shortage(self, exc: OSError) -> None:
+        self.shortages.log(logging.WARNING, "fds", f"stats port: out of file descriptors "
+                           f"({exc.strerror or exc}); requests wait")  # fmt: skip
 
     @property
     def address(self) -> Endpoint:

@@ -23,7 +23,9 @@ clients in the backlog meanwhile).
 
 A listener with ``spare=True`` (the stats port) also holds one descriptor in
 reserve: when ``accept()`` finds none left, it gives up the spare for the one
-connection, so the stats page answers even while the process is out of descriptors.
+connection, and takes it back the moment a connection of its own ends (before the
+client listeners, backing off, can have it). So the stats page answers even while
+the process is out of descriptors.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 log = logging.getLogger("mtproxy.accept")
@@ -315,7 +317,15 @@ class Listener:
 
     # -- the spare descriptor ------------------------------------------------------------
 
+    def connection_ended(self) -> None:
+        """One of this listener's connections is closing: its descriptor is freed right
+        after this, and taken back as the spare before the next I/O callbacks run."""
+        if self.want_spare and self._spare is None and not self.closed:
+            self.loop.call_soon(self._take_spare)
+
     def _take_spare(self) -> None:
+        if self._spare is not None or self.closed:
+            return
         with contextlib.suppress(OSError):
             self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
@@ -369,3 +379,81 @@ class SimplePolicy:
 
     def note_shortage(self, exc: OSError) -> None:
         self._on_shortage(exc)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class _StreamProtocol(asyncio.StreamReaderProtocol):
+    """Tells the server when a connection ends (its listeners take their spare back)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, handler: Handler, server: StreamServer
+    ) -> None:
+        super().__init__(reader, handler)
+        self._owner = server
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._owner.connection_ended()
+
+
+class StreamServer:
+    """``asyncio.start_server`` for the small HTTP servers (stats, API) on our accept
+    path, with a spare descriptor: they keep answering while clients hold every other
+    descriptor, and asyncio's EMFILE loop cannot happen on their sockets either."""
+
+    def __init__(self, handler: Handler, on_shortage: Callable[[OSError], None]) -> None:
+        self.handler = handler
+        self.policy = SimplePolicy(self._protocol, on_shortage)
+        self.listeners: list[Listener] = []
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        return _StreamProtocol(asyncio.StreamReader(), self.handler, self)
+
+    def connection_ended(self) -> None:
+        for listener in self.listeners:
+            listener.connection_ended()
+
+    async def start(self, host: str, port: int, backlog: int = 128) -> None:
+        """Listen on every address ``host`` stands for (OSError if none can be bound)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        seen: set[tuple[int, object]] = set()
+        try:
+            for family, kind, proto, _name, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(address)
+                    sock.listen(backlog)
+                    sock.setblocking(False)
+                except BaseException:
+                    sock.close()
+                    raise
+                listener = Listener(loop, sock, self.policy, backlog=backlog, native=False,
+                                    spare=True)  # fmt: skip
+                self.listeners.append(listener)
+                await listener.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [listener.sock for listener in self.listeners if not listener.closed]
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+    async def wait_closed(self) -> None:
+        for listener in self.listeners:
+            await listener.wait_closed()
