@@ -195,11 +195,6 @@ class Listener:
             return False
         return policy.connections() + self.pending < policy.careful_from * CALM_SHARE
 
-    def _crowded(self) -> bool:
-        policy = self.policy
-        return (policy.connections() + self.pending >= policy.careful_from
-                or self.loop.time() < policy.calm_until)  # fmt: skip
-
     # -- the loop's own path ----------------------------------------------------------------
 
     async def _go_native(self) -> None:
@@ -216,19 +211,29 @@ class Listener:
             self._server = None
 
     def _native_factory(self) -> asyncio.BaseProtocol:
+        """The loop's path calls this for every client it took (the hot path)."""
         policy = self.policy
         # The loop makes the transports (and so the policy's count) after taking
         # every waiting client; count this batch until then.
         if not self._batch_open:
             self._batch_open = True
             self.loop.call_soon(self._batch_done)
+        pending = self._native_pending
+        if policy.connections() + pending + self._our_pending < policy.careful_from:
+            self._native_pending = pending + 1
+            return policy.connection_factory()
+        # Near the limits: refuse if full, and hand over to our path either way.
+        self.be_careful()
         if policy.full(self.pending):
             policy.note_refusal()
             return _Refused()
-        self._native_pending += 1
-        if self._crowded() and self._switching is None:
-            self._switching = self.loop.create_task(self._leave_native())
+        self._native_pending = pending + 1
         return policy.connection_factory()
+
+    def be_careful(self) -> None:
+        """Leave the loop's path for ours (near the limits, or after a shortage)."""
+        if self._server is not None and self._switching is None and not self.closed:
+            self._switching = self.loop.create_task(self._leave_native())
 
     def _batch_done(self) -> None:
         self._batch_open = False

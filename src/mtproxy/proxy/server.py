@@ -139,6 +139,8 @@ class ProxyServer:
         once per period, and the listeners accept carefully for a while."""
         self.stats.fd_exhausted += 1
         self.calm_until = self.loop.time() + CALM_AFTER_SHORTAGE
+        for listener in self.listeners:
+            listener.be_careful()
         self.shortages.log(
             logging.WARNING, f"fds {where}",
             f"out of file descriptors ({exc.strerror or exc}; {self.stats.connections_active} "
