@@ -154,11 +154,14 @@ class OpsServer(ProxyServer):
                 wanted, budget.limit, budget.clients, budget.describe(),
             )  # fmt: skip
             return
+        why = (f"--max-connections; the descriptor limit {budget.limit} has room for "
+               f"{budget.clients}" if wanted else
+               f"what the descriptor limit {budget.limit} has room for")  # fmt: skip
         log.log(
             logging.INFO if not self.worker_index else logging.DEBUG,
-            "up to %d client connections%s (descriptor limit %d: room for %d; %s)",
+            "up to %d client connections%s (%s: %s)",
             self.max_clients, "" if self.worker_index is None else " per worker",
-            budget.limit, budget.clients, budget.describe(),
+            why, budget.describe(),
         )  # fmt: skip
 
     def _install(self, settings: Settings) -> tuple[list[str], list[str]]:

@@ -299,13 +299,27 @@ class Listener:
             self._switching = self.loop.create_task(self._return_native())
 
     async def _connect(self, conn: socket.socket) -> None:
+        made = False
+
+        def factory() -> asyncio.BaseProtocol:
+            # The transport is made right after this and schedules connection_made
+            # (where the policy counts the connection) next: uncount it just before.
+            nonlocal made
+            made = True
+            self.loop.call_soon(self._our_started)
+            return self.policy.connection_factory()
+
         try:
-            await self.loop.connect_accepted_socket(self.policy.connection_factory, conn)
+            await self.loop.connect_accepted_socket(factory, conn)
         except OSError as exc:  # the client left already (ENOTCONN), or no descriptor
             log.debug("accepted connection lost before it started: %s", exc)
             conn.close()
         finally:
-            self._our_pending -= 1
+            if not made:
+                self._our_pending -= 1
+
+    def _our_started(self) -> None:
+        self._our_pending -= 1
 
     def _back_off(self, exc: OSError) -> None:
         self._stop_reading()
