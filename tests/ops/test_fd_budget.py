@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from fakes import TAG_INTERMEDIATE, FakeDC, ObfsStream, open_obfs2, packet_echo_handler
+from fakes.middle_end import FakeMiddleEnd
+from fakes.obfs import TAG_PADDED
+from middle.harness import CLIENT_SECRET, PROXY_SECRET, packet, write_inputs
 
 from mtproxy.ops.fds import RESERVE, Budget, middle_links, plan
 from ops.helpers import SECRET, ProxyProc, connect, echo_ok
@@ -311,3 +314,42 @@ async def test_workers_each_get_the_budget(tmp_path: Path) -> None:
         assert limits_of(proxy.pid) == (1024, 1024)
     finally:
         assert await proxy.stop() == 0
+
+
+@pytest.mark.timeout_s(120)
+async def test_middle_proxy_clients_cost_one_descriptor(tmp_path: Path, loop_impl: str) -> None:
+    """Hard limit 600: direct mode would take about 260 clients; middle-proxy mode takes
+    more than 450, since they share the connections to the middle-proxy."""
+    async with FakeMiddleEnd(PROXY_SECRET) as me:
+        config, secret = write_inputs(tmp_path / "in", {2: [me.address]})
+        proxy = await ProxyProc.start(
+            tmp_path, "--event-loop", loop_impl, "--log-level", "info",
+            "--middle-proxy", "--proxy-config", str(config), "--proxy-secret", str(secret),
+            "--middle-min-connections", "1", "--middle-max-connections", "2",
+            "--ip-service", "http://127.0.0.1:9/", "--secret", CLIENT_SECRET.hex(),
+            secret=False, nofile=(600, 600),
+        )  # fmt: skip
+        clients: list[ObfsStream] = []
+        try:
+            assert "1 descriptor per client" in proxy.log()
+            cap = int((await proxy.stats())["total_max_special_connections"])
+            assert 600 - RESERVE - 2 - 64 <= cap <= 600 - RESERVE - 2
+            gate = asyncio.Semaphore(50)
+
+            async def one() -> ObfsStream:
+                async with gate:
+                    client = await open_obfs2("127.0.0.1", proxy.port, CLIENT_SECRET,
+                                              TAG_PADDED, 2)  # fmt: skip
+                    data = packet(96)
+                    client.send_packet(data)
+                    assert await asyncio.wait_for(client.recv_packet(), 10) == data
+                    return client
+
+            clients = list(await asyncio.gather(*(one() for _ in range(450))))
+            stats = await proxy.stats()
+            assert stats["total_special_connections"] == "450"
+            assert int(stats["open_fds"]) < 600
+        finally:
+            for client in clients:
+                client.close()
+            assert await proxy.stop() == 0

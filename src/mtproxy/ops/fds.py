@@ -111,8 +111,9 @@ class Budget:
         return self.reserve + -(-clients * self.quarters // 4)
 
     def describe(self) -> str:
-        return (f"{self.per_client:g} descriptors per client, {self.reserve} kept for "
-                "listeners, stats, logs and connections still shutting down")  # fmt: skip
+        each = f"{self.per_client:g} descriptor" + ("" if self.quarters == 4 else "s")
+        return (f"{each} per client, {self.reserve} kept for listeners, stats, logs and "
+                "connections still shutting down")  # fmt: skip
 
 
 def plan(

@@ -16,7 +16,8 @@ Every listening socket gets a :class:`Listener`, which accepts in one of two way
 
 With uvloop the loop's path serves while the server is comfortably below its cap
 (:attr:`AcceptPolicy.careful_from` connections) and no descriptor shortage was seen
-lately (:attr:`AcceptPolicy.calm_until`); ours takes over near the limits. Switching
+lately (:attr:`AcceptPolicy.calm_until`); ours takes over near the limits, and at once
+when the owner reports a shortage elsewhere (:meth:`Listener.be_careful`). Switching
 costs nothing and loses nobody: the loop's server gets a duplicate of the listening
 socket, and closing the duplicate leaves the socket listening (the kernel queues
 clients in the backlog meanwhile).
@@ -203,12 +204,16 @@ class Listener:
         except OSError:
             return  # no descriptor for the duplicate: our path it is
         try:
-            self._server = await self.loop.create_server(
+            server = await self.loop.create_server(
                 self._native_factory, sock=dup, backlog=self.backlog
             )
         except OSError:
             dup.close()
-            self._server = None
+            return
+        if self.closed:  # closed while the server was being made
+            server.close()
+            return
+        self._server = server
 
     def _native_factory(self) -> asyncio.BaseProtocol:
         """The loop's path calls this for every client it took (the hot path)."""
