@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from mtproxy.proxy.accept import Listener, careful_from
 
 
@@ -84,12 +86,15 @@ def test_careful_from_is_a_little_below_the_limit() -> None:
     assert careful_from(10_000) == 10_000 - 625
 
 
-async def test_paths_switch_near_the_cap_and_back(loop_impl: str) -> None:
+@pytest.mark.parametrize("backlog", [2, 128])
+async def test_paths_switch_near_the_cap_and_back(loop_impl: str, backlog: int) -> None:
+    """With backlog 2 the loop's path starts in its fast zone (where a whole backlog
+    cannot reach careful_from) and crosses into the counted one."""
     loop = asyncio.get_running_loop()
     policy = Policy(cap=8, careful=4)
     sock = listening()
     port = sock.getsockname()[1]
-    listener = Listener(loop, sock, policy, backlog=128)
+    listener = Listener(loop, sock, policy, backlog=backlog)
     await listener.start()
     native = "native" if loop_impl == "uvloop" else "ours"
     clients = []

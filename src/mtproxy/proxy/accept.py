@@ -218,21 +218,29 @@ class Listener:
     def _native_factory(self) -> asyncio.BaseProtocol:
         """The loop's path calls this for every client it took (the hot path)."""
         policy = self.policy
-        # The loop makes the transports (and so the policy's count) after taking
-        # every waiting client; count this batch until then.
+        # The loop takes every waiting client (up to a backlog's worth) before it makes
+        # their transports, which the policy counts; far enough from the limits, that
+        # does not matter.
+        if policy.connections() + self._our_pending < policy.careful_from - self.backlog:
+            return policy.connection_factory()
+        return self._native_near_limits()
+
+    def _native_near_limits(self) -> asyncio.BaseProtocol:
+        policy = self.policy
+        # Count this batch until its transports exist.
         if not self._batch_open:
             self._batch_open = True
             self.loop.call_soon(self._batch_done)
         pending = self._native_pending
+        self._native_pending = pending + 1
         if policy.connections() + pending + self._our_pending < policy.careful_from:
-            self._native_pending = pending + 1
             return policy.connection_factory()
-        # Near the limits: refuse if full, and hand over to our path either way.
+        # At the limits: refuse if full, and hand over to our path either way.
         self.be_careful()
-        if policy.full(self.pending):
+        if policy.full(pending + self._our_pending):
+            self._native_pending = pending
             policy.note_refusal()
             return _Refused()
-        self._native_pending = pending + 1
         return policy.connection_factory()
 
     def be_careful(self) -> None:
