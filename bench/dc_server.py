@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import struct
 from typing import cast
 
@@ -22,6 +23,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 CHUNK = 256 * 1024
 SHARED = memoryview(bytearray(CHUNK))  # one receive buffer for all connections
+#: Every open connection: uvloop lets go of a transport whose reading is paused, and
+#: the garbage collector would then close it (with a reset) under a stalled DC's feet.
+OPEN: set[DcProtocol] = set()
 
 
 class DcProtocol(asyncio.BufferedProtocol):
@@ -34,6 +38,7 @@ class DcProtocol(asyncio.BufferedProtocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        OPEN.add(self)
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
 
@@ -83,6 +88,9 @@ class DcProtocol(asyncio.BufferedProtocol):
         if self.mode == 2:
             self._pump()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        OPEN.discard(self)
+
     def eof_received(self) -> bool:
         assert self.transport is not None
         if self.mode == 6:
@@ -97,10 +105,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--source-bytes", type=int, default=1 << 30)
+    parser.add_argument("--rcvbuf", type=int, default=0,
+                        help="receive buffer of accepted sockets (a small one makes a "
+                        "stalled DC's window close sooner)")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if args.rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
+    sock.bind(("127.0.0.1", args.port))
     server = await loop.create_server(
-        lambda: DcProtocol(args.source_bytes), "127.0.0.1", args.port, backlog=4096
+        lambda: DcProtocol(args.source_bytes), sock=sock, backlog=4096
     )
     print("ready", flush=True)
     async with server:

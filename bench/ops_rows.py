@@ -72,16 +72,18 @@ class Proxy:
 
 @contextlib.contextmanager
 def proxy(
-    src: Path, loop: str, dc_port: int, tmp: Path, *extra: str,
+    src: Path, loop: str, dcs: tuple[int, int], tmp: Path, *extra: str,
     nofile: tuple[int, int] | None = None,
 ) -> Iterator[Proxy]:
+    """``dcs``: the fake DC's port, and the port of the one with a small window."""
     port, stats_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
            "--event-loop", loop, "--secret", SECRET.hex(), "--mask", "off",
            "--public-host", "127.0.0.1", "--stats", f"127.0.0.1:{stats_port}",
            "--data-dir", str(tmp / "data"), "--log-level", "info"]  # fmt: skip
-    for dc in (DC_ECHO, DC_HOLD, DC_STALLED, DC_SILENT):
-        cmd += ["--dc", f"{dc}=127.0.0.1:{dc_port}"]
+    for dc in (DC_ECHO, DC_HOLD, DC_SILENT):
+        cmd += ["--dc", f"{dc}=127.0.0.1:{dcs[0]}"]
+    cmd += ["--dc", f"{DC_STALLED}=127.0.0.1:{dcs[1]}"]
     cmd += ["--dc", f"{DC_DOWN}=127.0.0.1:{free_port()}"]  # nobody listens there
     cmd += list(extra)
     log = tmp / f"proxy-{port}.log"
@@ -108,10 +110,10 @@ def proxy(
 
 
 @contextlib.contextmanager
-def fake_dc() -> Iterator[int]:
+def fake_dc(*extra: str) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "dc_server.py"),
-                             "--port", str(port)], stdout=subprocess.DEVNULL)  # fmt: skip
+                             "--port", str(port), *extra], stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_port(port, proc)
         yield port
@@ -282,12 +284,12 @@ def log_summary(lines: list[str]) -> str:
     return f"{len(lines)} log lines" + (f" ({detail})" if detail else "")
 
 
-async def row_flood(args: argparse.Namespace, loop: str, dc_port: int, tmp: Path,
+async def row_flood(args: argparse.Namespace, loop: str, dcs: tuple[int, int], tmp: Path,
                     report: Report, extra: list[str], label: str, quiet: bool = False) -> None:
     """More idle clients than the hard limit allows, a few sessions echoing throughout
     (``quiet``: clients that connect and never speak, one descriptor each)."""
     hard = args.flood_hard
-    with proxy(args.src, loop, dc_port, tmp, *extra, nofile=(hard, hard)) as p:
+    with proxy(args.src, loop, dcs, tmp, *extra, nofile=(hard, hard)) as p:
         start_lines = len(p.lines())
         prober = Prober(p.port)
         await prober.start()
@@ -333,10 +335,10 @@ async def row_flood(args: argparse.Namespace, loop: str, dc_port: int, tmp: Path
                                            "open_fds", "fd_limit") if k in page))
 
 
-async def row_soft_limit(args: argparse.Namespace, loop: str, dc_port: int, tmp: Path,
+async def row_soft_limit(args: argparse.Namespace, loop: str, dcs: tuple[int, int], tmp: Path,
                          report: Report) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    with proxy(args.src, loop, dc_port, tmp, nofile=(1024, hard)) as p:
+    with proxy(args.src, loop, dcs, tmp, nofile=(1024, hard)) as p:
         verdicts, held = await crowd(p.port, DC_ECHO, args.sessions, parallel=200)
         page, _ = await stats(p)
         close_all(held)
@@ -348,10 +350,10 @@ async def row_soft_limit(args: argparse.Namespace, loop: str, dc_port: int, tmp:
                    f"limit seen by /stats: {page.get('fd_limit', '?')}")  # fmt: skip
 
 
-async def row_stalled(args: argparse.Namespace, loop: str, dc_port: int, tmp: Path,
+async def row_stalled(args: argparse.Namespace, loop: str, dcs: tuple[int, int], tmp: Path,
                       report: Report) -> None:
     """Clients reset mid-upload into a DC that stopped reading: what stays behind."""
-    with proxy(args.src, loop, dc_port, tmp, "--idle-timeout", str(args.idle)) as p:
+    with proxy(args.src, loop, dcs, tmp, "--idle-timeout", str(args.idle)) as p:
         base_fds, base_rss = fd_count(p.pid), rss_bytes(p.pid)
         loop_ = asyncio.get_running_loop()
         socks = []
@@ -394,15 +396,17 @@ async def row_stalled(args: argparse.Namespace, loop: str, dc_port: int, tmp: Pa
                    f"and {(held_rss - base_rss) / mib:.0f} MiB RSS held (peak "
                    f"{peak_fds - base_fds} fds, {(peak_rss - base_rss) / mib:.0f} MiB), "
                    f"{page.get('total_special_connections', '?')} connections in /stats")
-        report.add("", "all released after " + (f"{released:.1f} s" if released is not None
-                   else f"more than {args.patience:.0f} s (still {fd_count(p.pid) - base_fds}"
-                   f" fds, {(rss_bytes(p.pid) - base_rss) / mib:.0f} MiB)")
-                   + f" (--idle-timeout {args.idle:g})")  # fmt: skip
+        rss_now = (rss_bytes(p.pid) - base_rss) / mib
+        report.add("", "all released after " + (
+            f"{released:.1f} s ({rss_now:.0f} MiB RSS above the start still)"
+            if released is not None else f"more than {args.patience:.0f} s (still "
+            f"{fd_count(p.pid) - base_fds} fds, {rss_now:.0f} MiB)"
+        ) + f" (--idle-timeout {args.idle:g})")  # fmt: skip
 
 
-async def row_half_open(args: argparse.Namespace, loop: str, dc_port: int, tmp: Path,
+async def row_half_open(args: argparse.Namespace, loop: str, dcs: tuple[int, int], tmp: Path,
                         report: Report) -> None:
-    with proxy(args.src, loop, dc_port, tmp, "--idle-timeout", str(args.idle)) as p:
+    with proxy(args.src, loop, dcs, tmp, "--idle-timeout", str(args.idle)) as p:
         loop_ = asyncio.get_running_loop()
         socks = []
         for _ in range(args.half_open):
@@ -436,9 +440,9 @@ async def row_half_open(args: argparse.Namespace, loop: str, dc_port: int, tmp: 
                    text + f" (--idle-timeout {args.idle:g})")
 
 
-async def row_outage(args: argparse.Namespace, loop: str, dc_port: int, tmp: Path,
+async def row_outage(args: argparse.Namespace, loop: str, dcs: tuple[int, int], tmp: Path,
                      report: Report) -> None:
-    with proxy(args.src, loop, dc_port, tmp) as p:
+    with proxy(args.src, loop, dcs, tmp) as p:
         start = len(p.lines())
         cpu0, t0 = cpu_seconds(p.pid), time.perf_counter()
         verdicts, held = await crowd(p.port, DC_DOWN, args.outage, parallel=200)
@@ -457,8 +461,10 @@ async def main_async(args: argparse.Namespace) -> None:
     loops = ["uvloop", "asyncio"] if args.event_loop == "both" else [args.event_loop]
     rows = {int(r) for r in args.rows.split(",")}
     print(f"ops rows, src {args.src}, python {sys.version.split()[0]}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="mtproxy-ops-rows-") as name, fake_dc() as dc:
+    with tempfile.TemporaryDirectory(prefix="mtproxy-ops-rows-") as name, \
+            fake_dc() as dc_port, fake_dc("--rcvbuf", "4096") as small_window:
         tmp = Path(name)
+        dc = (dc_port, small_window)
         for loop in loops:
             if 1 in rows:
                 await row_flood(args, loop, dc, tmp, report, [], "")
