@@ -468,11 +468,12 @@ async def main_async(args: argparse.Namespace) -> None:
         for loop in loops:
             if 1 in rows:
                 await row_flood(args, loop, dc, tmp, report, [], "")
+                cap, label = [], ""
                 if args.explicit_cap:
                     cap = ["--max-connections", str(args.explicit_cap)]
                     label = f", -C {args.explicit_cap}"
                     await row_flood(args, loop, dc, tmp, report, cap, label)
-                    await row_flood(args, loop, dc, tmp, report, cap, label, quiet=True)
+                await row_flood(args, loop, dc, tmp, report, cap, label, quiet=True)
             if 2 in rows:
                 await row_soft_limit(args, loop, dc, tmp, report)
             if 3 in rows:
@@ -497,8 +498,8 @@ def main() -> int:
     parser.add_argument("--flood-window", type=float, default=20.0)
     parser.add_argument("--flood-calm", type=float, default=3.0)
     parser.add_argument("--explicit-cap", type=int, default=1000,
-                        help="row 1 again with this --max-connections, past the budget "
-                        "(0: skip)")
+                        help="row 1 again with this --max-connections, past the budget, "
+                        "and silent clients with it (0: silent clients without it)")
     parser.add_argument("--sessions", type=int, default=800, help="row 2")
     parser.add_argument("--stalled", type=int, default=200, help="row 3")
     parser.add_argument("--upload", type=int, default=4 << 20,
