@@ -6,7 +6,8 @@ header). The payload bytes are never decrypted: the proxy's cost does not depend
 on what the bytes mean, and the fake must stay cheap.
 
 DC ids: 1 echo, 2 send ``--source-bytes`` then close, 3 read until EOF then report
-the count, 4 hold the connection open silently.
+the count, 4 hold the connection open silently, 5 stop reading after the header (a DC
+that stalled), 6 read and never answer, not even a FIN (bench/ops_rows.py uses 5, 6).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import struct
 from typing import cast
 
@@ -21,6 +23,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 CHUNK = 256 * 1024
 SHARED = memoryview(bytearray(CHUNK))  # one receive buffer for all connections
+#: Every open connection: uvloop lets go of a transport whose reading is paused, and
+#: the garbage collector would then close it (with a reset) under a stalled DC's feet.
+OPEN: set[DcProtocol] = set()
 
 
 class DcProtocol(asyncio.BufferedProtocol):
@@ -37,6 +42,7 @@ class DcProtocol(asyncio.BufferedProtocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        OPEN.add(self)
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
 
@@ -59,6 +65,9 @@ class DcProtocol(asyncio.BufferedProtocol):
             self.encryptor = Cipher(algorithms.AES(back[:32]), modes.CTR(back[32:48])).encryptor()
             if self.mode == 2:
                 self._pump()
+            elif self.mode == 5 and self.transport is not None:
+                self.transport.pause_reading()
+                return
         assert self.transport is not None
         if not data:
             return
@@ -89,8 +98,13 @@ class DcProtocol(asyncio.BufferedProtocol):
         if self.mode == 2:
             self._pump()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        OPEN.discard(self)
+
     def eof_received(self) -> bool:
         assert self.transport is not None
+        if self.mode == 6:
+            return True  # half-open for good: no answer, no FIN
         if self.mode == 3 and not self.reported:
             self.transport.write(self.encryptor.update(struct.pack("<Q", self.count)))
         self.transport.close()
@@ -105,16 +119,23 @@ async def main() -> None:
                         "default 127.0.0.1)")
     parser.add_argument("--force-mode", type=int, default=0, help="behave as this DC id "
                         "whatever the header says (proxies that do not send the DC id)")
+    parser.add_argument("--rcvbuf", type=int, default=0,
+                        help="receive buffer of accepted sockets (a small one makes a "
+                        "stalled DC's window close sooner)")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: DcProtocol(args.source_bytes, args.force_mode), args.host or ["127.0.0.1"],
-        args.port,
-        backlog=4096,
-    )
+    servers = []
+    for host in args.host or ["127.0.0.1"]:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if args.rcvbuf:  # set before listen(): accepted sockets inherit it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
+        sock.bind((host, args.port))
+        servers.append(await loop.create_server(
+            lambda: DcProtocol(args.source_bytes, args.force_mode), sock=sock, backlog=4096
+        ))  # fmt: skip
     print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 if __name__ == "__main__":

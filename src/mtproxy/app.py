@@ -23,6 +23,7 @@ from mtproxy.config.errors import ConfigError
 from mtproxy.config.settings import Settings
 from mtproxy.errors import FatalError
 from mtproxy.middle import MiddleConfigError, MiddleUpstreams
+from mtproxy.ops.fds import raise_limit
 from mtproxy.ops.runtime import Reloader, StopSignal, local_stats, run_until_stopped
 from mtproxy.ops.server import OpsServer
 from mtproxy.ops.workers import ENV, Supervisor, WorkerLink, WorkerSpec
@@ -47,6 +48,17 @@ def setup_logging(level: str, worker: int | None = None) -> None:
         format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
+
+
+def raise_fd_limit(*, quiet: bool = False) -> None:
+    """The soft descriptor limit up to the hard one, said in the log when it moved."""
+    raised = raise_limit()
+    if raised.problem is not None:
+        log.warning("cannot raise the descriptor limit from %d to the hard limit %d: %s",
+                    raised.before, raised.hard, raised.problem)  # fmt: skip
+    elif raised.soft != raised.before and not quiet:
+        log.info("descriptor limit raised from %d to %d (the hard limit)",
+                 raised.before, raised.soft)  # fmt: skip
 
 
 def ensure_secrets(settings: Settings) -> Settings:
@@ -175,6 +187,9 @@ async def serve(
     # Signals are caught from the start: a stop during start-up still ends cleanly.
     stopper = StopSignal()
     stopper.install(loop, worker=worker is not None)
+    # Before any socket: the budget of clients is made from the raised limit (workers
+    # inherit the supervisor's, and raise their own if they can).
+    raise_fd_limit(quiet=worker is not None)
     if worker is None and settings.workers > 1:
         return await supervise(settings, stopper, reloader=reloader, ready=ready, links=links)
     if worker is None:

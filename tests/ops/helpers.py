@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import signal
 import socket
 import sys
@@ -55,7 +56,9 @@ class ProxyProc:
         secret: bool = True,
         stats_host: str = "127.0.0.1",
         ready_timeout: float = 30.0,
+        nofile: tuple[int, int] | None = None,
     ) -> ProxyProc:
+        """``nofile``: the (soft, hard) descriptor limit the proxy starts with."""
         stats_port = free_port()
         cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", listen,
                "--stats", f"{stats_host}:{stats_port}", "--mask", "off",
@@ -75,10 +78,15 @@ class ProxyProc:
         cmd += list(args)
         log = tmp / f"proxy-{stats_port}.log"
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+        def limits() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         with open(log, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=limits,
             )  # fmt: skip
         self = cls(proc, log, stats_port)
         try:

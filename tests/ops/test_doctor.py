@@ -231,14 +231,19 @@ async def test_port_is_proved_with_a_signed_hello(tmp_path: Path) -> None:
 
 
 async def test_fd_limit(tmp_path: Path) -> None:
-    def probe(soft: int) -> Probe:
-        return Probe(limits=lambda: (soft, 1 << 20), process_limits=lambda pid: (soft * 2, 7))
+    def probe(soft: int, hard: int = 1 << 20) -> Probe:
+        return Probe(limits=lambda: (soft, hard), process_limits=lambda pid: (soft * 2, 7))
 
     assert (await check_fd_limit(settings_for(tmp_path), probe(65536))).level is Level.OK
-    low = await check_fd_limit(settings_for(tmp_path), probe(1024))
+    low = await check_fd_limit(settings_for(tmp_path), probe(1024, 1024))
     assert low.level is Level.WARNING and "about 480 clients" in low.message
     assert "LimitNOFILE" in (low.fix or "")
-    capped = await check_fd_limit(settings_for(tmp_path, max_connections=50_000), probe(65536))
+    # A low soft limit under a high hard one is fine: the proxy raises it at start.
+    raised = await check_fd_limit(settings_for(tmp_path), probe(1024))
+    assert raised.level is Level.OK and "raised to the hard limit" in raised.message
+    capped = await check_fd_limit(
+        settings_for(tmp_path, max_connections=50_000), probe(65536, 65536)
+    )
     assert capped.level is Level.ERROR and "--max-connections is 50000" in capped.message
     # With a running proxy on record, its own limits count, not the doctor's.
     write_bound(tmp_path / "data", [("127.0.0.1", 1)])

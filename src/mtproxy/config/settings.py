@@ -95,7 +95,7 @@ class Settings:
     stats: Endpoint | None = ("127.0.0.1", 2398)
     #: Who may read the stats port; empty means loopback and private networks.
     stats_allow: tuple[IPNetwork, ...] = ()
-    #: Client connections per worker (0: no cap).
+    #: Client connections per worker (0: what the descriptor limit has room for).
     max_connections: int = 0
     proxy_protocol: bool = False
     socks5: str | None = None
@@ -253,7 +253,8 @@ OPTIONS: list[Option] = [
            toml="stats_allow", repeat=True, metavar="CIDR"),
     Option("max_connections", ("--max-connections", "-C", "--max-special-connections"),
            cv.int_range(0, 10_000_000), "client connections per worker; more are closed "
-           "right after accept (default 0: no cap)", metavar="N"),
+           "right after accept (default 0: as many as the descriptor limit has room for)",
+           metavar="N"),
     Option("proxy_protocol", ("--proxy-protocol",), cv.as_bool, "require a PROXY protocol "
            "v1/v2 header (from a load balancer) on every client connection", switch=True),
     Option("socks5", ("--socks5",), cv.socks_url, "reach Telegram DCs through this SOCKS5 "

@@ -46,7 +46,9 @@ from mtproxy.config.users import (
 from mtproxy.ops.stats_server import StatsView
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, format_secret, generate_secret, links_for
+from mtproxy.proxy.accept import StreamServer
 from mtproxy.state import StateError, atomic_write
+from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.api")
 
@@ -156,17 +158,24 @@ class ApiServer:
         self.endpoint = endpoint
         self.token = token.encode()
         self.backend = backend
-        self._server: asyncio.Server | None = None
+        self._server: StreamServer | None = None
+        self.shortages = ThrottledLog(log)
         self._lock = asyncio.Lock()
         self._host: str | None = None
 
     async def start(self) -> None:
         host, port = self.endpoint
-        self._server = await asyncio.start_server(self._handle, host, port)
+        server = StreamServer(self._handle, self._shortage)
+        await server.start(host, port)
+        self._server = server
         if not _is_loopback(host):
             log.warning("management API on %s, beyond this machine: the token travels in "
                         "clear; put TLS (a reverse proxy) or an SSH tunnel in front",
                         format_endpoint(self.endpoint))  # fmt: skip
+
+    def _shortage(self, exc: OSError) -> None:
+        self.shortages.log(logging.WARNING, "fds", "management API: out of file "
+                           f"descriptors ({exc.strerror or exc}); requests wait")  # fmt: skip
 
     @property
     def address(self) -> Endpoint:

@@ -33,6 +33,7 @@ from pathlib import Path
 from mtproxy import __version__
 from mtproxy.config.settings import Settings
 from mtproxy.ops.bound import read_bound
+from mtproxy.ops.fds import middle_links, plan
 from mtproxy.ops.socks import Socks5
 from mtproxy.protocol.dc import DcTable, Endpoint, format_endpoint
 from mtproxy.protocol.faketls import (
@@ -49,9 +50,7 @@ from mtproxy.telegram_config import FetchError, download
 DEFAULT_TIME_URL = "https://core.telegram.org/"
 #: Clock differences below this are not worth a word.
 CLOCK_QUIET = 10.0
-#: Descriptors held besides the clients' (listeners, upstream pools, files, the loop).
-FD_RESERVE = 64
-#: Below this soft limit a busy proxy runs out of descriptors (about 4 000 clients).
+#: Below this limit a busy proxy runs out of descriptors (about 4 000 clients).
 FD_COMFORT = 8192
 DIRECT_DCS = (1, 2, 3, 4, 5)
 NTP_FIX = "synchronise the clock: timedatectl set-ntp true (or install chrony)"
@@ -466,26 +465,37 @@ async def check_port(settings: Settings, probe: Probe, public: list[str]) -> Res
 
 
 async def check_fd_limit(settings: Settings, probe: Probe) -> Result:
-    """Every client costs two descriptors (its socket and the DC's); at the soft limit
-    accept() fails and clients are refused."""
+    """What the descriptor limit allows, counted as the proxy counts it (``ops/fds.py``:
+    two per client in direct mode); past it clients are refused. The proxy raises its
+    soft limit to the hard one at start, so for a proxy still to come the hard one is
+    what counts."""
     bound = read_bound(settings.data_dir)
-    limits, whose = None, "this shell's"
+    limits, whose, running = None, "this shell's", False
     if bound is not None and bound.running:
         limits = probe.process_limits(bound.pid)
-        whose = f"the running proxy's (pid {bound.pid})"
+        whose, running = f"the running proxy's (pid {bound.pid})", limits is not None
     if limits is None:
         limits = probe.limits()
     soft, hard = limits
     fix = ("raise it: LimitNOFILE=1048576 in the systemd unit, ulimit -n 65536 before "
            "starting, or --ulimit nofile=65536 for a container")
-    clients = max(0, soft - FD_RESERVE) // 2
-    text = f"{whose} soft limit is {soft} (hard {hard}): room for about {clients} clients"
-    if settings.max_connections:
-        need = settings.max_connections * 2 + FD_RESERVE
-        if soft < need:
-            return Result("fd limit", Level.ERROR, f"{text}, but --max-connections is "
-                          f"{settings.max_connections} per worker", fix)  # fmt: skip
-    if soft < FD_COMFORT:
+    usable = soft if running or hard == resource.RLIM_INFINITY else max(soft, hard)
+    links = 0
+    if settings.middle_mode:
+        links = middle_links(0, settings.middle_max_connections) * 16  # about Telegram's list
+    budget = plan(usable, middle=settings.middle_mode, mask=settings.mask is not None,
+                  links=links)  # fmt: skip
+    text = f"{whose} soft limit is {soft} (hard {hard})"
+    if usable != soft:
+        text += ", raised to the hard limit when the proxy starts"
+    text += f": room for about {budget.clients} clients"
+    if settings.workers > 1:
+        text += " per worker"
+    wanted = settings.max_connections
+    if wanted and wanted > budget.clients:
+        return Result("fd limit", Level.ERROR, f"{text}, but --max-connections is "
+                      f"{wanted} per worker", fix)  # fmt: skip
+    if usable < FD_COMFORT:
         return Result("fd limit", Level.WARNING, text, fix)
     return Result("fd limit", Level.OK, text)
 

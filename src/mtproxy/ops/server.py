@@ -2,7 +2,8 @@
 
 - users and their limits (``user_for``/``admit``/``session_closed``; quotas also on
   the relay path through ``UserStats.bytes_limit``);
-- the per-worker connection cap (``connection_factory``);
+- the per-worker connection cap, by default what the descriptor budget allows
+  (``ops/fds.py``; the listeners refuse past it, see ``proxy/accept.py``);
 - the upstream SOCKS5 proxy (``connect_upstream``);
 - live reconfiguration (:meth:`OpsServer.apply`).
 """
@@ -23,6 +24,7 @@ from typing import Protocol, cast
 from mtproxy.config.settings import Settings
 from mtproxy.mask.monitor import MaskMonitor
 from mtproxy.ops.bound import write_bound
+from mtproxy.ops.fds import Budget, middle_links, open_fds, plan, soft_limit
 from mtproxy.ops.limits import Ledger, UserRegistry, UserState, load_usage, refusal, save_usage
 from mtproxy.ops.replay_store import ReplayStore, SavableReplay
 from mtproxy.ops.socks import Socks5
@@ -31,6 +33,7 @@ from mtproxy.protocol.faketls import ServerHelloShape
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.protocol.replay import ReplayGuard
 from mtproxy.protocol.secret import Mode
+from mtproxy.proxy.accept import careful_from
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.server import ProxyServer
 from mtproxy.proxy.stats import UserStats
@@ -95,13 +98,6 @@ class LocalLedger:
             save_usage(self.data_dir, self.ledger.totals())
 
 
-class _Refused(asyncio.Protocol):
-    """An accepted socket over the connection cap: closed at once, nothing sent."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
 class OpsServer(ProxyServer):
     def __init__(
         self,
@@ -132,9 +128,50 @@ class OpsServer(ProxyServer):
             cast(SavableReplay, self.replay), settings.data_dir, settings.replay_cache_size,
             periodic=worker_index in (None, 0),
         )  # fmt: skip
+        #: Descriptors open before any client (listeners, the loop, logs, a worker's
+        #: channel): the budget keeps them aside.
+        self.fds_at_start = open_fds()
+        self.fd_budget = self.plan_fds()
         self._install(settings)
 
     # -- configuration -------------------------------------------------------------------
+
+    def plan_fds(self) -> Budget:
+        """The descriptor budget, and the cap it gives unless --max-connections says."""
+        settings = self.settings
+        links = 0
+        if settings.middle_mode:
+            links = middle_links(self.stats.me_targets, settings.middle_max_connections)
+        budget = plan(
+            soft_limit(), middle=settings.middle_mode, mask=settings.mask is not None,
+            links=links, in_use=self.fds_at_start,
+        )  # fmt: skip
+        self.max_clients = settings.max_connections or budget.clients
+        self.careful_from = careful_from(min(self.max_clients, budget.clients))
+        return budget
+
+    def announce_budget(self) -> None:
+        """One line on what the descriptor limit allows (a warning if the cap asks more)."""
+        budget = self.fd_budget
+        wanted = self.settings.max_connections
+        if wanted > budget.clients:
+            log.warning(
+                "--max-connections %d is more than the descriptor limit (%d) has room for "
+                "(%d clients: %s); past that, clients wait while the process is out of "
+                "descriptors. Raise the limit (LimitNOFILE=, ulimit -n, --ulimit nofile=) "
+                "or lower --max-connections",
+                wanted, budget.limit, budget.clients, budget.describe(),
+            )  # fmt: skip
+            return
+        why = (f"--max-connections; the descriptor limit {budget.limit} has room for "
+               f"{budget.clients}" if wanted else
+               f"what the descriptor limit {budget.limit} has room for")  # fmt: skip
+        log.log(
+            logging.INFO if not self.worker_index else logging.DEBUG,
+            "up to %d client connections%s (%s: %s)",
+            self.max_clients, "" if self.worker_index is None else " per worker",
+            why, budget.describe(),
+        )  # fmt: skip
 
     def _install(self, settings: Settings) -> tuple[list[str], list[str]]:
         added, removed = self.registry.load(settings.secrets, settings.users)
@@ -188,6 +225,7 @@ class OpsServer(ProxyServer):
             monitor.load()
             monitor.start()
         self.reloads += 1
+        self.fd_budget = self.plan_fds()
         if added:
             notes.append(f"users added: {', '.join(added)}")
         if removed:
@@ -218,13 +256,6 @@ class OpsServer(ProxyServer):
             client.close()
 
     # -- hooks ---------------------------------------------------------------------------
-
-    def connection_factory(self) -> asyncio.BaseProtocol:
-        cap = self.settings.max_connections
-        if cap and self.stats.connections_active >= cap:
-            self.stats.accept_refused += 1
-            return _Refused()
-        return ClientConnection(self)
 
     def user_for(self, secret_index: int, policy: HandshakePolicy | None = None) -> UserStats:
         table = policy.secrets if policy is not None else None
@@ -369,6 +400,9 @@ class OpsServer(ProxyServer):
         self.mask_monitor.load()
         self.replay_store.load()
         await super().start()
+        # Middle-proxy mode knows its addresses (so its connections) only now.
+        self.fd_budget = self.plan_fds()
+        self.announce_budget()
         if self.worker_index is None:  # under a supervisor, the supervisor records them
             write_bound(self.settings.data_dir, self.addresses)
         self._sync_task = self.loop.create_task(self._sync_loop())

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mtproxy import __version__
+from mtproxy.ops.fds import open_fds
 
 if TYPE_CHECKING:
     from mtproxy.ops.server import OpsServer
@@ -45,6 +46,9 @@ def take(server: OpsServer) -> Snapshot:
             for key, count in value.items():
                 label = "_".join(key) if isinstance(key, tuple) else str(key)
                 extra[f"{f.name}_{label}"] = int(count)
+    # Gauges of the descriptor budget (summed over workers, like the cap).
+    counters["open_fds"] = open_fds()
+    counters["fd_limit"] = server.fd_budget.limit
     users: dict[str, Any] = {}
     for state in server.registry.live():
         config = state.config
@@ -67,7 +71,7 @@ def take(server: OpsServer) -> Snapshot:
         "extra": extra,
         "handshakes": {f"{mode}|{outcome}": n for (mode, outcome), n in stats.handshakes.items()},
         "refused": dict(server.refused),
-        "max_connections": server.settings.max_connections,
+        "max_connections": server.max_clients,
         "reloads": server.reloads,
         "draining": int(server.draining),
         "users": users,

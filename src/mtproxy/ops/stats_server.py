@@ -25,6 +25,8 @@ from mtproxy import __version__
 from mtproxy.config.settings import IPNetwork
 from mtproxy.ops.snapshot import NO_MASK, Snapshot, render_tsv
 from mtproxy.protocol.dc import Endpoint
+from mtproxy.proxy.accept import StreamServer
+from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.stats")
 
@@ -70,11 +72,18 @@ class StatsServer:
         self.endpoint = endpoint
         self.source = source
         self.allow: Sequence[IPNetwork] = tuple(allow) or DEFAULT_ALLOW
-        self._server: asyncio.Server | None = None
+        self._server: StreamServer | None = None
+        self.shortages = ThrottledLog(log)
 
     async def start(self) -> None:
         host, port = self.endpoint
-        self._server = await asyncio.start_server(self._handle, host, port)
+        server = StreamServer(self._handle, self._shortage)
+        await server.start(host, port)
+        self._server = server
+
+    def _shortage(self, exc: OSError) -> None:
+        self.shortages.log(logging.WARNING, "fds", f"stats port: out of file descriptors "
+                           f"({exc.strerror or exc}); requests wait")  # fmt: skip
 
     @property
     def address(self) -> Endpoint:
@@ -152,13 +161,17 @@ _COUNTERS = {
     "upstream_connects": "Connection attempts towards Telegram",
     "upstream_failures": "Sessions whose upstream could not be reached",
     "masked": "Failed handshakes relayed to the mask host",
-    "accept_refused": "Client connections closed at accept: per-worker cap reached",
+    "accept_refused": "Client connections closed at accept: the per-worker cap was reached",
+    "fd_exhausted": "Times a process found no file descriptor left (accepting paused, or "
+    "a connection not opened)",
     "proxy_protocol_errors": "Connections dropped for a missing or bad PROXY header",
     "quota_closed": "Sessions closed because their user ran out of quota",
 }
 _GAUGES = {
     "connections_active": "Client connections open now",
     "sessions_active": "Sessions relaying to an upstream now",
+    "open_fds": "File descriptors open now (summed over workers)",
+    "fd_limit": "Soft file descriptor limit (summed over workers)",
 }
 _SKIP = {"bytes_from_clients", "bytes_to_clients"}
 _BAD = re.compile(r"[^a-zA-Z0-9_]")

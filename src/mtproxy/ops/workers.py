@@ -65,6 +65,7 @@ KILL_AFTER_GRACE = 10.0
 _RETIRED_COUNTERS = (
     "connections_total", "bytes_from_clients", "bytes_to_clients", "upstream_connects",
     "upstream_failures", "masked", "accept_refused", "proxy_protocol_errors", "quota_closed",
+    "fd_exhausted",
 )  # fmt: skip
 
 
@@ -427,6 +428,8 @@ class Supervisor:
                        else "rejected"] += n  # fmt: skip
                 info.update(
                     connections_active=snap["counters"].get("connections_active", 0),
+                    max_connections=snap["max_connections"],
+                    open_fds=snap["counters"].get("open_fds", 0),
                     connections_total=snap["counters"].get("connections_total", 0),
                     handshakes_ok=hs["ok"], handshakes_rejected=hs["rejected"],
                     handshakes_refused=hs["refused"],

@@ -9,6 +9,7 @@ from mtproxy.config.settings import Settings
 from mtproxy.protocol.dc import DcTable, format_endpoint
 from mtproxy.protocol.handshake import Accepted
 from mtproxy.protocol.obfuscated2 import build_dc_header
+from mtproxy.proxy.accept import out_of_fds
 from mtproxy.proxy.peer import PeerConnection
 from mtproxy.proxy.upstream import SessionPort, UpstreamHost
 
@@ -69,6 +70,12 @@ class DirectUpstreams:
                     )
                 return
             except (OSError, TimeoutError) as exc:
+                if isinstance(exc, OSError) and out_of_fds(exc):
+                    # Ours, not the DC's: another address of it would fail the same way.
+                    host.out_of_fds(f"no connection to DC {hello.dc_id}", exc)
+                    client.upstream_failed(f"no file descriptor left to connect to DC "
+                                           f"{hello.dc_id}")  # fmt: skip
+                    return
                 errors.append(f"{format_endpoint(endpoint)}: {exc or type(exc).__name__}")
                 log.debug("DC %d via %s failed: %s", hello.dc_id, endpoint, exc)
         client.upstream_failed(f"DC {hello.dc_id} unreachable ({'; '.join(errors)})")

@@ -1,4 +1,10 @@
-"""The proxy server: listeners, the set of live sessions, and what they share."""
+"""The proxy server: listeners, the set of live sessions, and what they share.
+
+The server is also the listeners' accept policy (see ``proxy/accept.py``): the cap on
+client connections (``max_clients``, which the ops layer derives from the descriptor
+budget), and what happens when a client is refused or the process runs out of
+descriptors: counted, and logged once per period rather than once per client.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from mtproxy.config.settings import Settings
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
 from mtproxy.protocol.replay import ReplayCache, ReplayGuard
+from mtproxy.proxy.accept import Listener, careful_from, out_of_fds
 from mtproxy.proxy.buffers import SharedBuffers
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.direct import DirectUpstreams
@@ -22,6 +29,8 @@ from mtproxy.proxy.upstream import Upstreams, UpstreamsFactory
 from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.server")
+#: Seconds the listeners keep to the careful accept path after a descriptor shortage.
+CALM_AFTER_SHORTAGE = 10.0
 
 
 class ProxyServer:
@@ -67,10 +76,18 @@ class ProxyServer:
         self.passthrough = settings.download_passthrough and self.upstreams.supports_passthrough
         self.sessions: set[ClientConnection] = set()
         self.failures = ThrottledLog(logging.getLogger("mtproxy.client"))
+        #: Refusals at the cap and descriptor shortages (one line per kind per period).
+        self.shortages = ThrottledLog(log)
+        #: Client connections at once (0: no cap); beyond it they are closed at accept.
+        self.max_clients = settings.max_connections
+        #: The listeners' policy: where our careful accept path takes over from the
+        #: loop's own, and until when it keeps it after a descriptor shortage.
+        self.careful_from = careful_from(self.max_clients)
+        self.calm_until = 0.0
+        self.listeners: list[Listener] = []
         #: Local addresses of our connections to the mask host (see MaskConnection).
         self.mask_sources: set[tuple[str, int]] = set()
         self._given_sockets = list(listen_sockets)
-        self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- hooks for sessions ------------------------------------------------------------
@@ -93,8 +110,43 @@ class ProxyServer:
         await self.loop.create_connection(factory, *endpoint)
 
     def connection_factory(self) -> asyncio.BaseProtocol:
-        """The protocol for one accepted client socket (a subclass may refuse it)."""
+        """The protocol for one accepted client socket."""
         return ClientConnection(self)
+
+    # -- the listeners' policy ---------------------------------------------------------
+
+    def connections(self) -> int:
+        return self.stats.connections_active
+
+    def full(self, pending: int) -> bool:
+        cap = self.max_clients
+        return cap > 0 and self.stats.connections_active + pending >= cap
+
+    def note_refusal(self) -> None:
+        self.stats.accept_refused += 1
+        self.shortages.log(
+            logging.WARNING, "cap",
+            f"{self.max_clients} client connections open, the most this process takes: "
+            "refusing new ones until some leave (see --max-connections in "
+            "docs/operations.md)",
+        )  # fmt: skip
+
+    def note_shortage(self, exc: OSError) -> None:
+        self.out_of_fds("accepting clients paused", exc)
+
+    def out_of_fds(self, where: str, exc: OSError) -> None:
+        """The process ran out of descriptors (or memory for a socket): counted, logged
+        once per period, and the listeners accept carefully for a while."""
+        self.stats.fd_exhausted += 1
+        self.calm_until = self.loop.time() + CALM_AFTER_SHORTAGE
+        for listener in self.listeners:
+            listener.be_careful()
+        self.shortages.log(
+            logging.WARNING, f"fds {where}",
+            f"out of file descriptors ({exc.strerror or exc}; {self.stats.connections_active} "
+            f"clients open): {where}; raise the descriptor limit or lower "
+            "--max-connections (see docs/operations.md)",
+        )  # fmt: skip
 
     def open_mask(self, client: ClientConnection, raw: bytes) -> asyncio.Task[None]:
         return self.loop.create_task(self._connect_mask(client, raw))
@@ -108,7 +160,11 @@ class ProxyServer:
                     lambda: MaskConnection(client, raw, self.mask_sources), *mask
                 )
         except (OSError, TimeoutError) as exc:
-            log.debug("mask host %s unreachable: %s", format_endpoint(mask), exc)
+            if out_of_fds(exc):
+                assert isinstance(exc, OSError)
+                self.out_of_fds("no connection to the mask host", exc)
+            else:
+                log.debug("mask host %s unreachable: %s", format_endpoint(mask), exc)
             client.mask_failed()
 
     def session_closed(self, client: ClientConnection) -> None:
@@ -122,11 +178,12 @@ class ProxyServer:
         try:
             socks = self._given_sockets or [self._bind(ep) for ep in settings.listen]
             for sock in socks:
-                server = await self.loop.create_server(
-                    self.connection_factory, sock=sock, backlog=settings.backlog
-                )
-                self._servers.append(server)
+                listener = Listener(self.loop, sock, self, backlog=settings.backlog)
+                self.listeners.append(listener)
+                await listener.start()
         except BaseException:
+            for listener in self.listeners:
+                listener.close()
             await self.upstreams.stop()
             raise
         self._sweeper = self.loop.create_task(self._sweep_idle())
@@ -142,9 +199,9 @@ class ProxyServer:
     @property
     def addresses(self) -> list[Endpoint]:
         out: list[Endpoint] = []
-        for server in self._servers:
-            for sock in server.sockets:
-                name = sock.getsockname()
+        for listener in self.listeners:
+            if not listener.closed:
+                name = listener.sock.getsockname()
                 out.append((name[0], name[1]))
         return out
 
@@ -168,8 +225,8 @@ class ProxyServer:
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop accepting; let sessions finish for up to ``grace`` seconds; close the rest."""
-        for server in self._servers:
-            server.close()
+        for listener in self.listeners:
+            listener.close()
         if grace > 0 and self.sessions:
             deadline = self.loop.time() + grace
             while self.sessions and self.loop.time() < deadline:
@@ -180,8 +237,8 @@ class ProxyServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for server in self._servers:
-            await server.wait_closed()
+        for listener in self.listeners:
+            await listener.wait_closed()
         await self.upstreams.stop()
         await asyncio.sleep(0)
 

@@ -41,6 +41,9 @@ class ProxyStats:
     masked: int = 0
     #: Client connections closed at accept because the per-worker cap was reached.
     accept_refused: int = 0
+    #: Times this process found no file descriptor left: accepting paused, or an
+    #: upstream or mask connection not opened.
+    fd_exhausted: int = 0
     proxy_protocol_errors: int = 0
     quota_closed: int = 0
     #: (mode or "-", outcome) -> count; outcome is "ok" or a rejection reason.

@@ -94,6 +94,10 @@ class UpstreamHost(Protocol):
     ) -> None:
         """Open a TCP connection towards Telegram (the operator may route it via SOCKS5)."""
 
+    def out_of_fds(self, where: str, exc: OSError) -> None:
+        """No descriptor was left for a connection: the process's shortage, not the
+        far side's fault (counted and logged as such)."""
+
 
 class Upstreams(Protocol):
     """How accepted sessions get their upstream: one strategy object per server."""
