@@ -1,10 +1,20 @@
-"""Receive and send buffers shared by every connection of one event loop.
+"""Receive and send buffers shared by every connection of one event loop, and the
+writes that keep them shared.
 
 An idle connection must cost a few kilobytes, so no connection owns a buffer. All
-sockets read into one loop-wide buffer and the data is transformed in place and
-written on before the callback returns. A transport that could not send everything
-keeps a reference to the tail (uvloop and newer CPython keep a view instead of a
-copy), so after such a write the shared buffer is handed over and replaced.
+sockets read into one loop-wide buffer; the data is transformed in place and written
+on before the callback returns.
+
+A stalled peer must cost little more. Handing a slice of the shared buffer to a
+transport that cannot send it all would let the transport keep a view of it (uvloop
+does), pinning the whole buffer for as long as the peer does not read. So relayed
+bytes go to the socket directly (:func:`send_now`, :func:`sendv_now`: one ``write``
+or ``writev``, as the transport itself would do), and only what the kernel did not
+take is copied into the transport, which sends it when it can. Connections set
+their transports' high-water mark to 0 (:func:`watch_backlog`): the protocol is told
+to pause the other side the moment anything waits, so at most one read's tail is
+ever held per direction, and direct writes happen only while nothing waits (order
+is kept).
 
 Both buffers have :data:`~mtproxy.protocol.crypto.CTR_SLACK` spare bytes at the end:
 older ``cryptography`` releases (the container uses Debian's) want that much extra
@@ -15,49 +25,89 @@ room in the output of ``update_into``. Received data always starts at offset 0 o
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Sequence
 
 from mtproxy.protocol.crypto import CTR_SLACK
-from mtproxy.protocol.faketls import wrapped_size
 
 _ROOM = 16  # >= CTR_SLACK whatever the cryptography version
 
 
 class SharedBuffers:
-    __slots__ = ("inbuf", "inview", "outbuf", "outview", "recv_view", "renewals", "size")
+    __slots__ = ("inbuf", "inview", "outbuf", "outview", "recv_view", "size")
 
     def __init__(self, size: int) -> None:
         assert CTR_SLACK <= _ROOM
         self.size = size
-        self.renewals = 0
-        self._new_in()
-        self.outbuf = bytearray(wrapped_size(size) + _ROOM)
-        self.outview = memoryview(self.outbuf)
-
-    def _new_in(self) -> None:
-        self.inbuf = bytearray(self.size + _ROOM)
+        self.inbuf = bytearray(size + _ROOM)
         self.inview = memoryview(self.inbuf)
         #: What sockets read into (the spare room at the end stays out of reach).
-        self.recv_view = self.inview[: self.size]
+        self.recv_view = self.inview[:size]
+        #: Scratch for bytes that cannot be encrypted where they lie (read-only
+        #: answers, or writable ones without CTR_SLACK room after them).
+        self.outbuf = bytearray(size + _ROOM)
+        self.outview = memoryview(self.outbuf)
 
-    def write_in(self, transport: asyncio.WriteTransport, data: memoryview) -> None:
-        """Write a slice of the receive buffer; give the buffer up if it is retained."""
-        transport.write(data)
-        if transport.get_write_buffer_size():
-            self.renewals += 1
-            self._new_in()
 
-    def writelines_in(
-        self, transport: asyncio.WriteTransport, pieces: list[bytes | memoryview]
-    ) -> None:
-        """Like :meth:`write_in` for pieces that include slices of the receive buffer."""
-        transport.writelines(pieces)
-        if transport.get_write_buffer_size():
-            self.renewals += 1
-            self._new_in()
+def socket_fd(transport: asyncio.BaseTransport) -> int:
+    """The transport's socket descriptor, or -1 (then every write goes through it)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
 
-    def write_out(self, transport: asyncio.WriteTransport, data: memoryview) -> None:
-        transport.write(data)
-        if transport.get_write_buffer_size():
-            self.renewals += 1
-            self.outbuf = bytearray(len(self.outbuf))
-            self.outview = memoryview(self.outbuf)
+
+def watch_backlog(transport: asyncio.WriteTransport) -> None:
+    """Have the protocol paused as soon as the transport holds anything unsent."""
+    transport.set_write_buffer_limits(high=0, low=0)
+
+
+def send_now(transport: asyncio.WriteTransport, fd: int, data: bytes | memoryview) -> bool:
+    """Write ``data`` to the socket now; copy what it did not take into the transport.
+
+    Only call while the transport holds nothing (its protocol is not paused).
+    Returns True when everything went out.
+    """
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        # Let the transport meet the error itself and close as it does.
+        transport.write(bytes(data))
+        return False
+    if sent == len(data):
+        return True
+    transport.write(bytes(data[sent:]))
+    return False
+
+
+def sendv_now(
+    transport: asyncio.WriteTransport, fd: int, pieces: Sequence[bytes | memoryview], total: int
+) -> bool:
+    """Like :func:`send_now` for pieces gathered by one ``writev``; ``total`` is their size."""
+    try:
+        sent = os.writev(fd, pieces)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.write(b"".join(pieces))
+        return False
+    if sent == total:
+        return True
+    transport.write(unsent_tail(pieces, sent))
+    return False
+
+
+def unsent_tail(pieces: Sequence[bytes | memoryview], sent: int) -> bytes:
+    """What is left of ``pieces`` after their first ``sent`` bytes, as one copy."""
+    rest: list[bytes | memoryview] = []
+    for piece in pieces:
+        size = len(piece)
+        if sent >= size:
+            sent -= size
+            continue
+        rest.append(piece[sent:] if sent else piece)
+        sent = 0
+    return b"".join(rest)

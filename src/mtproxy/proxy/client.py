@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from mtproxy.config.settings import Settings
-from mtproxy.protocol import faketls
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
 from mtproxy.protocol.dc import format_endpoint
 from mtproxy.protocol.errors import TlsError
+from mtproxy.protocol.faketls import RecordReader
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
-from mtproxy.proxy.buffers import SharedBuffers
+from mtproxy.protocol.tlsrecords import (
+    FULL_RECORD,
+    HOLD_SECONDS,
+    MIN_RECORD,
+    header,
+    record_pieces,
+)
+from mtproxy.proxy.buffers import (
+    SharedBuffers,
+    send_now,
+    sendv_now,
+    socket_fd,
+    watch_backlog,
+)
 from mtproxy.proxy.session import (
     Action,
     Close,
@@ -44,10 +56,6 @@ from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.client")
 
-_RECORD = struct.Struct(">BHH")
-_APPDATA = faketls.TYPE_APPDATA
-_TLS12 = 0x0303
-_MAX_RECORD = faketls.MAX_RECORD_OUT
 #: Client bytes held while the upstream connection is being opened.
 EARLY_LIMIT = 256 * 1024
 
@@ -90,6 +98,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         "decryptor",
         "early",
         "encryptor",
+        "fd",
+        "held",
+        "hold_timer",
         "idle_ticks",
         "mask_peer",
         "mask_pending",
@@ -146,7 +157,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.accepted: Accepted | None = None
         self.decryptor: CipherContext | None = None
         self.encryptor: CipherContext | None = None
-        self.records: faketls.RecordReader | None = None
+        self.records: RecordReader | None = None
+        #: The socket's descriptor, for direct writes (see buffers.py).
+        self.fd = -1
+        #: Fake TLS: encrypted bytes too few for a record of their own, waiting (at
+        #: most HOLD_SECONDS, on ``hold_timer``) to lead the next write.
+        self.held = b""
+        self.hold_timer: asyncio.TimerHandle | None = None
         self.early = b""
         self.user: UserStats | None = None
         self.active = True
@@ -165,6 +182,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
+        self.fd = socket_fd(transport)
+        watch_backlog(self.transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peername = (peer[0], peer[1])
@@ -200,6 +219,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.user.connections_active -= 1
         self.server.sessions.discard(self)
         self._cancel_timer()
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -315,6 +337,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 transport = self.transport
                 if (transport is not None and not transport.is_closing()
                         and transport.can_write_eof()):  # fmt: skip
+                    self._flush_held()
                     transport.write_eof()
             elif isinstance(action, SetAddresses):
                 self.peername = action.peer
@@ -525,7 +548,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.mask_pending += view
 
     def send_plain(self, data: memoryview | bytes) -> None:
-        """Upstream plaintext -> encrypt (and wrap in TLS records) -> client."""
+        """Upstream plaintext -> encrypt (and wrap in TLS records) -> client.
+
+        A writable memoryview is the caller's to give up: it is encrypted where it
+        lies (the shared receive buffer, or a middle-proxy answer framed in its RPC
+        frame) and written from there; nothing of it is kept after the call.
+        """
         self._emit(data, self.encryptor)
 
     def send_obfs(self, data: memoryview | bytes) -> None:
@@ -535,10 +563,10 @@ class ClientConnection(asyncio.BufferedProtocol):
     def send_raw(self, data: memoryview | bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if isinstance(data, memoryview):
-                self.buffers.write_in(transport, data)
+            if self.write_paused:
+                transport.write(bytes(data))
             else:
-                transport.write(data)
+                send_now(transport, self.fd, data)
 
     def _emit(self, data: memoryview | bytes, cipher: CipherContext | None) -> None:
         transport = self.transport
@@ -553,38 +581,70 @@ class ClientConnection(asyncio.BufferedProtocol):
             if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
                 self._over_quota(user)
                 return
-        buffers = self.buffers
-        if isinstance(data, memoryview) and data.obj is buffers.inbuf:
-            # A prefix of the shared receive buffer: encrypt in place and write it out,
-            # as TLS records cut out of it (uvloop sends the pieces with one writev).
-            if cipher is not None:
-                cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
-            if self.records is None:
-                buffers.write_in(transport, data)
+        if cipher is not None:
+            if isinstance(data, memoryview) and not data.readonly:
+                buffers = self.buffers
+                if data.obj is buffers.inbuf:
+                    cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
+                elif not CTR_SLACK:
+                    cipher.update_into(data, data)
+                elif n <= buffers.size:
+                    # Older cryptography wants spare room after the output.
+                    out = buffers.outview
+                    cipher.update_into(data, out[: n + CTR_SLACK])
+                    data = out[:n]
+                else:
+                    data = cipher.update(data)
             else:
-                buffers.writelines_in(transport, _record_pieces(data, n))
+                data = cipher.update(data)
+        if self.records is not None:
+            self._send_records(data, transport)
+        elif self.write_paused:
+            transport.write(bytes(data))
+        else:
+            send_now(transport, self.fd, data)
+
+    def _send_records(self, data: memoryview | bytes, transport: asyncio.Transport) -> None:
+        """Client-keystream bytes -> TLS records shaped like TLS 1.3's (see tlsrecords)."""
+        held = self.held
+        total = len(held) + len(data)
+        if total < MIN_RECORD:
+            self.held = held + data
+            if self.hold_timer is None:
+                self.hold_timer = self.server.loop.call_later(HOLD_SECONDS, self._flush_held)
             return
-        # Immutable bytes (middle-end answers): encrypt into the shared send buffer.
-        out = buffers.outview
-        pos = start = 0
-        header = 0 if self.records is None else faketls.RECORD_HEADER_LEN
-        step = _MAX_RECORD if header else len(out)
-        while start < n:
-            m = min(step, n - start)
-            if pos + header + m > len(out):
-                buffers.write_out(transport, out[:pos])
-                out = buffers.outview
-                pos = 0
-            if header:
-                _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
-                pos += header
-            if cipher is not None:
-                cipher.update_into(data[start : start + m], out[pos : pos + m + CTR_SLACK])
-            else:
-                out[pos : pos + m] = data[start : start + m]
-            pos += m
-            start += m
-        buffers.write_out(transport, out[:pos])
+        if held:
+            self.held = b""
+            if self.hold_timer is not None:
+                self.hold_timer.cancel()
+                self.hold_timer = None
+        pieces: list[bytes | memoryview]
+        if total <= FULL_RECORD:
+            pieces = [header(total), held, data] if held else [header(total), data]
+            wire = total + 5
+        else:
+            pieces = record_pieces(held, data, total)
+            wire = total + 5 * ((len(pieces) - (1 if held else 0)) >> 1)
+        if self.write_paused:
+            transport.write(b"".join(pieces))
+        else:
+            sendv_now(transport, self.fd, pieces, wire)
+
+    def _flush_held(self) -> None:
+        """Send held bytes as a record of their own: no more data came in time, or the
+        stream ends."""
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+        held, self.held = self.held, b""
+        transport = self.transport
+        if not held or transport is None or transport.is_closing():
+            return
+        record = header(len(held)) + held
+        if self.write_paused:
+            transport.write(record)
+        else:
+            send_now(transport, self.fd, record)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -594,24 +654,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             if abort:
                 transport.abort()
             else:
+                if self.held:
+                    self._flush_held()
                 close_soon(transport)
 
 
 def _discard(view: memoryview) -> None:
     return None
-
-
-_FULL_RECORD_HEADER = faketls.record_header(_MAX_RECORD)
-
-
-def _record_pieces(data: memoryview, n: int) -> list[bytes | memoryview]:
-    """Record headers interleaved with slices of ``data``, for ``writelines``."""
-    if n <= _MAX_RECORD:
-        return [faketls.record_header(n), data]
-    pieces: list[bytes | memoryview] = []
-    for start in range(0, n, _MAX_RECORD):
-        chunk = data[start : start + _MAX_RECORD]
-        size = len(chunk)
-        pieces.append(_FULL_RECORD_HEADER if size == _MAX_RECORD else faketls.record_header(size))
-        pieces.append(chunk)
-    return pieces

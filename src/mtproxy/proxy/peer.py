@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
-from mtproxy.proxy.buffers import SharedBuffers
+from mtproxy.proxy.buffers import SharedBuffers, send_now, socket_fd, watch_backlog
 from mtproxy.proxy.sockets import close_soon, set_keepalive, was_reset
 from mtproxy.proxy.upstream import SessionPort
 
@@ -28,9 +28,11 @@ class PeerConnection(asyncio.BufferedProtocol):
         "deliver",
         "encryptor",
         "eof",
+        "fd",
         "first",
         "keepalive",
         "transport",
+        "write_paused",
     )
 
     def __init__(
@@ -51,6 +53,9 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.decryptor = decryptor
         self.keepalive = keepalive
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
+        #: The transport holds unsent bytes (see buffers.py): write through it.
+        self.write_paused = False
         self.eof = False
 
     # -- asyncio callbacks -------------------------------------------------------------
@@ -58,6 +63,8 @@ class PeerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
+        self.fd = socket_fd(transport)
+        watch_backlog(self.transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.keepalive:
             set_keepalive(sock, self.keepalive, probes=False)
@@ -65,6 +72,8 @@ class PeerConnection(asyncio.BufferedProtocol):
             self.transport.write(self.first)
         self.first = b""
         self.client.peer_ready(self)
+        if self.write_paused:  # the first bytes wait: the client must not read on yet
+            self.client.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffers.recv_view
@@ -85,9 +94,11 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.client.peer_lost(exc)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         self.client.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         self.client.resume_reading()
 
     # -- used by the client ------------------------------------------------------------
@@ -100,13 +111,17 @@ class PeerConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        buffers = self.buffers
-        if self.encryptor is not None:
+        encryptor = self.encryptor
+        if encryptor is not None:
+            buffers = self.buffers
             if data.obj is buffers.inbuf:
-                self.encryptor.update_into(data, buffers.inview[: len(data) + CTR_SLACK])
+                encryptor.update_into(data, buffers.inview[: len(data) + CTR_SLACK])
             else:
-                in_place(self.encryptor, data)
-        buffers.write_in(transport, data)
+                in_place(encryptor, data)
+        if self.write_paused:
+            transport.write(bytes(data))
+        else:
+            send_now(transport, self.fd, data)
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -176,10 +191,14 @@ class MaskConnection(PeerConnection):
             self._source = (local[0], local[1])
             self._registry.add(self._source)
         self.transport = cast(asyncio.Transport, transport)
+        self.fd = socket_fd(transport)
+        watch_backlog(self.transport)
         if self.first:
             self.transport.write(self.first)
         self.first = b""
         self.owner.mask_ready(self)
+        if self.write_paused:
+            self.owner.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
