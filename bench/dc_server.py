@@ -6,7 +6,8 @@ header). The payload bytes are never decrypted: the proxy's cost does not depend
 on what the bytes mean, and the fake must stay cheap.
 
 DC ids: 1 echo, 2 send ``--source-bytes`` then close, 3 read until EOF then report
-the count, 4 hold the connection open silently.
+the count, 4 hold the connection open silently, 5 stop reading after the header (a
+DC that stalls an upload).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 CHUNK = 256 * 1024
 SHARED = memoryview(bytearray(CHUNK))  # one receive buffer for all connections
+#: Connections that neither read nor write are referenced by nothing else: without this
+#: the garbage collector closes them (and a close with unread data sends a reset).
+LIVE: set[DcProtocol] = set()
 
 
 class DcProtocol(asyncio.BufferedProtocol):
@@ -39,6 +43,10 @@ class DcProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
+        LIVE.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        LIVE.discard(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return SHARED
@@ -59,6 +67,10 @@ class DcProtocol(asyncio.BufferedProtocol):
             self.encryptor = Cipher(algorithms.AES(back[:32]), modes.CTR(back[32:48])).encryptor()
             if self.mode == 2:
                 self._pump()
+            elif self.mode == 5:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
         assert self.transport is not None
         if not data:
             return

@@ -25,16 +25,35 @@ room in the output of ``update_into``. Received data always starts at offset 0 o
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mtproxy.protocol.crypto import CTR_SLACK
 
 _ROOM = 16  # >= CTR_SLACK whatever the cryptography version
+#: Seconds after a stalled session's end before freed memory is handed back.
+TRIM_DELAY = 1.0
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another C library, or no ctypes); looked up on
+    first use, so a process that never needs it does not import ctypes."""
+    try:
+        import ctypes
+
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+    return trim
+
 
 
 class SharedBuffers:
-    __slots__ = ("inbuf", "inview", "outbuf", "outview", "recv_view", "size")
+    __slots__ = (
+        "_trim", "inbuf", "inview", "outbuf", "outview", "recv_view", "size", "stalls", "trims"
+    )
 
     def __init__(self, size: int) -> None:
         assert CTR_SLACK <= _ROOM
@@ -47,6 +66,30 @@ class SharedBuffers:
         #: answers, or writable ones without CTR_SLACK room after them).
         self.outbuf = bytearray(size + _ROOM)
         self.outview = memoryview(self.outbuf)
+        self._trim: asyncio.TimerHandle | None = None
+        #: Back-pressure pauses since the last trim: tails were copied, perhaps many.
+        self.stalls = 0
+        #: Times freed memory was handed back to the system (see :meth:`trim_soon`).
+        self.trims = 0
+
+    def trim_soon(self) -> None:
+        """A session ended after tails were held: give freed memory back shortly.
+
+        Tails are copies of up to a read each, spread over the heap; once their
+        sessions are gone the C allocator keeps the pages unless asked, so a process
+        that once held many stalled sessions would stay that big. One trim a second
+        at most, after the closes of a burst.
+        """
+        if self._trim is None and _malloc_trim() is not None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        self.stalls = 0
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)
+            self.trims += 1
 
 
 def socket_fd(transport: asyncio.BaseTransport) -> int:

@@ -56,8 +56,9 @@ from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.client")
 
-#: Client bytes held while the upstream connection is being opened.
-EARLY_LIMIT = 256 * 1024
+#: Client bytes held while the upstream connection is being opened (reads are cut to
+#: this size meanwhile, so a session waiting for its DC holds no more).
+EARLY_LIMIT = 16 * 1024
 
 
 class ClientHost(Protocol):
@@ -109,6 +110,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "peername",
         "reading_paused",
         "records",
+        "recv_view",
         "server",
         "session",
         "started",
@@ -124,6 +126,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.server = server
         self.stats = server.stats
         self.buffers: SharedBuffers = server.buffers
+        #: What the socket reads into: the shared buffer, or a cut of it (EARLY_LIMIT).
+        self.recv_view = server.buffers.recv_view
         self.transport: asyncio.Transport | None = None
         #: The client's address and the local address it reached (a PROXY protocol
         #: header from a load balancer replaces both with the real ones).
@@ -201,7 +205,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         return self._sockname
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.recv_view
+        return self.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.active = True
@@ -222,6 +226,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
+        if self.buffers.stalls:
+            self.buffers.trim_soon()  # copied tails were freed, perhaps many
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -251,6 +257,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.buffers.stalls += 1
         if self.upstream is not None:
             self.upstream.pause_reading()
 
@@ -372,6 +379,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not server.passthrough:
             self.encryptor = client.encrypt_key.cipher()
         self.records = accepted.records
+        self.recv_view = self.buffers.recv_view[:EARLY_LIMIT]
         self.early = client.decryptor.update(accepted.leftover) if accepted.leftover else b""
         user = server.user_for(client.secret_index, self.session.policy)
         if not server.admit(self, user):
@@ -429,6 +437,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.upstream = peer
         self.connect_task = None
+        self.recv_view = self.buffers.recv_view
         actions = self.session.upstream_ready(self.server.loop.time())
         if self.early:
             early = memoryview(bytearray(self.early))
