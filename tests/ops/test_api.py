@@ -167,6 +167,7 @@ async def test_user_lifecycle_under_live_sessions(tmp_path: Path, workers: int) 
                                            "expires": "2099-01-31"})  # fmt: skip
             assert status == 200
             assert body["limits"] == {"max_connections": None, "max_ips": 3, "quota": None,
+                                      "rate_up": None, "rate_down": None,
                                       "expires": "2099-02-01T00:00:00Z"}  # fmt: skip
             assert "alice.max_connections" not in "".join(
                 k for k in (await proxy.stats()) if k.startswith("user.alice.max_connections"))

@@ -138,6 +138,9 @@ def _address(name: tuple[str, int], fallback: IPAddress) -> tuple[IPAddress, int
 class MiddleUpstream:
     """One client's half of a shared middle-proxy connection (the core's ``Upstream``)."""
 
+    #: The connection is shared: a rate limit holds back the client's requests instead.
+    pausable = False
+
     __slots__ = (
         "answers",
         "base_flags",

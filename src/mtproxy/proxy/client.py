@@ -49,8 +49,9 @@ from mtproxy.proxy.session import (
     StartSession,
     ToMask,
 )
+from mtproxy.proxy.shaping import DOWN
 from mtproxy.proxy.sockets import close_soon, enable_keepalive, reset_on_close, was_reset
-from mtproxy.proxy.stats import ProxyStats, UserStats
+from mtproxy.proxy.stats import NO_LIMIT, ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstream
 from mtproxy.throttled_log import ThrottledLog
 
@@ -101,6 +102,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "encryptor",
         "fd",
         "held",
+        "held_in",
+        "held_out",
         "hold_timer",
         "idle_ticks",
         "mask_peer",
@@ -108,6 +111,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "mask_task",
         "on_data",
         "peername",
+        "pressed",
         "reading_paused",
         "records",
         "recv_view",
@@ -173,7 +177,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.active = True
         self.idle_ticks = 0
         self.closed = False
+        #: The client socket's reading is paused (by any of the reasons below).
         self.reading_paused = False
+        #: The upstream (or the mask host, or the early limit) cannot take more now.
+        self.pressed = False
+        #: Rate limits holding this session: client reading (bits UP, and DOWN where the
+        #: upstream cannot be paused for one session), upstream reading (DOWN).
+        self.held_in = 0
+        self.held_out = False
         self.write_paused = False
 
     @property
@@ -221,6 +232,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.stats.connections_active -= 1
         if self.user is not None:
             self.user.connections_active -= 1
+            if self.user.shaper is not None:
+                self.user.shaper.leave(self)
         self.server.sessions.discard(self)
         self._cancel_timer()
         if self.hold_timer is not None:
@@ -263,20 +276,45 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.upstream is not None:
+        if self.upstream is not None and not self.held_out:
             self.upstream.resume_reading()
 
     # -- flow control used by upstreams ---------------------------------------------------
 
     def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.pressed = True
+        self._follow_reading()
 
     def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self.pressed = False
+        self._follow_reading()
+
+    def _follow_reading(self) -> None:
+        paused = self.pressed or bool(self.held_in)
+        if paused != self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def throttle(self, direction: int, on: bool) -> None:
+        """The user's rate limit holds back (or lets go of) one direction of this session."""
+        upstream = self.upstream
+        if direction == DOWN and (upstream is None or upstream.pausable):
+            if on == self.held_out:
+                return
+            self.held_out = on
+            if upstream is not None and not self.closed:
+                if on:
+                    upstream.pause_reading()
+                elif not self.write_paused:
+                    upstream.resume_reading()
+            return
+        # Uploads; or downloads from an upstream shared with other sessions, which are
+        # held back by holding back the client's requests.
+        self.held_in = self.held_in | direction if on else self.held_in & ~direction
+        self._follow_reading()
 
     def check_paused(self) -> None:
         """A socket whose reading is paused is not watched by the event loop, so a reset
@@ -388,6 +426,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.transport is not None and server.settings.keepalive:
             enable_keepalive(self.transport.get_extra_info("socket"))
         self.user = user
+        if user.shaper is not None:
+            user.shaper.join(self)
         user.connections_active += 1
         user.connections_total += 1
         self.stats.bytes_from_clients += len(self.early)
@@ -438,13 +478,16 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.upstream = peer
         self.connect_task = None
         self.recv_view = self.buffers.recv_view
+        if self.held_out and not peer.pausable:
+            self.held_out = False
+            self.held_in |= DOWN
         actions = self.session.upstream_ready(self.server.loop.time())
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
             peer.send(early)
         self._run(actions)
-        if self.write_paused:
+        if self.write_paused or self.held_out:
             peer.pause_reading()
         self.resume_reading()
 
@@ -530,8 +573,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         user = self.user
         if user is not None:
             user.bytes_from_client += n
-            if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
-                self._over_quota(user)
+            if (user.bytes_from_client + user.bytes_to_client > user.bytes_limit
+                    and self._limit_crossed(user)):  # fmt: skip
                 return
         upstream = self.upstream
         if upstream is not None:
@@ -541,6 +584,19 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.early += bytes(view)
             if len(self.early) >= EARLY_LIMIT:
                 self.pause_reading()
+
+    def _limit_crossed(self, user: UserStats) -> bool:
+        """The user's byte total passed its mark: the quota (True: this session is
+        closing), or the rate limits' next look (see proxy/shaping.py)."""
+        if user.bytes_from_client + user.bytes_to_client > user.quota_limit:
+            self._over_quota(user)
+            return True
+        if user.shaper is not None:
+            user.shaper.charge()
+        else:
+            user.rate_mark = NO_LIMIT
+            user.rearm()
+        return False
 
     def _over_quota(self, user: UserStats) -> None:
         """The user's data quota ran out mid-session: stop relaying at once."""
@@ -587,8 +643,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         user = self.user
         if user is not None:
             user.bytes_to_client += n
-            if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
-                self._over_quota(user)
+            if (user.bytes_from_client + user.bytes_to_client > user.bytes_limit
+                    and self._limit_crossed(user)):  # fmt: skip
                 return
         if cipher is not None:
             if isinstance(data, memoryview) and not data.readonly:

@@ -21,6 +21,9 @@ Deliver = Callable[[memoryview], None]
 
 
 class PeerConnection(asyncio.BufferedProtocol):
+    #: Pausing this connection holds back one session's data (see Upstream).
+    pausable = True
+
     __slots__ = (
         "buffers",
         "client",

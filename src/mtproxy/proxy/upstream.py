@@ -23,6 +23,9 @@ class Upstream(Protocol):
     """One session's far side after the handshake: a DC, a middle-end link, the mask."""
 
     eof: bool
+    #: pause_reading() holds back this session's data alone (False: the connection is
+    #: shared, so a rate limit holds back the client's requests instead).
+    pausable: bool
 
     def send(self, data: memoryview) -> None:
         """Client bytes (already decrypted); the upstream may transform them in place."""
