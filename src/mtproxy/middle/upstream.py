@@ -235,6 +235,9 @@ class MiddleUpstream:
     def resume_reading(self) -> None:
         self.client_blocked = False
 
+    def cut_reads(self, size: int) -> None:
+        """The shared link reads for every client; a rate limit holds requests instead."""
+
     def was_reset(self) -> bool:
         """The shared link keeps reading whatever one client does; it reports its own loss."""
         return False

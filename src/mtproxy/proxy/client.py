@@ -98,6 +98,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "closed",
         "connect_task",
         "decryptor",
+        "down_cut",
         "early",
         "encryptor",
         "fd",
@@ -115,6 +116,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "reading_paused",
         "records",
         "recv_view",
+        "relay_view",
         "server",
         "session",
         "started",
@@ -132,6 +134,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.buffers: SharedBuffers = server.buffers
         #: What the socket reads into: the shared buffer, or a cut of it (EARLY_LIMIT).
         self.recv_view = server.buffers.recv_view
+        #: What it reads into once relaying (cut for a rate-limited user).
+        self.relay_view = self.recv_view
         self.transport: asyncio.Transport | None = None
         #: The client's address and the local address it reached (a PROXY protocol
         #: header from a load balancer replaces both with the real ones).
@@ -185,6 +189,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         #: upstream cannot be paused for one session), upstream reading (DOWN).
         self.held_in = 0
         self.held_out = False
+        #: Rate limits: the upstream's reads are cut to this length (0: not cut).
+        self.down_cut = 0
         self.write_paused = False
 
     @property
@@ -297,6 +303,16 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
+
+    def cut_reads(self, up: int, down: int) -> None:
+        """Rate limits: reads of this session (up) and of its upstream (down) at most
+        this long (0: the whole buffer), so that the user's sessions take turns."""
+        full = self.buffers.recv_view
+        self.relay_view = full[:up] if up else full
+        if self.upstream is not None:
+            self.recv_view = self.relay_view
+            self.upstream.cut_reads(down)
+        self.down_cut = down
 
     def throttle(self, direction: int, on: bool) -> None:
         """The user's rate limit holds back (or lets go of) one direction of this session."""
@@ -477,7 +493,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.upstream = peer
         self.connect_task = None
-        self.recv_view = self.buffers.recv_view
+        self.recv_view = self.relay_view
+        if self.down_cut:
+            peer.cut_reads(self.down_cut)
         if self.held_out and not peer.pausable:
             self.held_out = False
             self.held_in |= DOWN

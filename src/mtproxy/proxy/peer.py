@@ -34,6 +34,8 @@ class PeerConnection(asyncio.BufferedProtocol):
         "fd",
         "first",
         "keepalive",
+        "reading_held",
+        "recv_view",
         "transport",
         "write_paused",
     )
@@ -50,6 +52,7 @@ class PeerConnection(asyncio.BufferedProtocol):
     ) -> None:
         self.client = client
         self.buffers: SharedBuffers = client.buffers
+        self.recv_view = client.buffers.recv_view
         self.deliver = deliver
         self.first = first
         self.encryptor = encryptor
@@ -57,6 +60,8 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.keepalive = keepalive
         self.transport: asyncio.Transport | None = None
         self.fd = -1
+        #: Our side asked this connection to stop reading (flow control, rate limits).
+        self.reading_held = False
         #: The transport holds unsent bytes (see buffers.py): write through it.
         self.write_paused = False
         self.eof = False
@@ -77,9 +82,20 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.client.peer_ready(self)
         if self.write_paused:  # the first bytes wait: the client must not read on yet
             self.client.pause_reading()
+        self._hold_after_start()
+
+    def _hold_after_start(self) -> None:
+        # uvloop starts reading after connection_made returns, whatever was asked in it.
+        if self.reading_held:
+            asyncio.get_running_loop().call_soon(self._hold_again)
+
+    def _hold_again(self) -> None:
+        transport = self.transport
+        if self.reading_held and transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.recv_view
+        return self.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
         full = self.buffers.inview
@@ -128,10 +144,16 @@ class PeerConnection(asyncio.BufferedProtocol):
             send_now(transport, self.fd, data)
 
     def pause_reading(self) -> None:
+        self.reading_held = True
         if self.transport is not None:
             self.transport.pause_reading()
 
+    def cut_reads(self, size: int) -> None:
+        full = self.buffers.recv_view
+        self.recv_view = full[:size] if size else full
+
     def resume_reading(self) -> None:
+        self.reading_held = False
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -203,6 +225,7 @@ class MaskConnection(PeerConnection):
         self.owner.mask_ready(self)
         if self.write_paused:
             self.owner.pause_reading()
+        self._hold_after_start()
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -12,8 +12,10 @@ last charge out of the buckets. A bucket in debt throttles its direction for all
 the user's sessions in this process at once: uploads by pausing the client sockets,
 downloads by pausing the upstream sockets (in middle-proxy mode, where an upstream
 is shared, by pausing the client's requests instead). A timer resumes them when the
-debt is paid. All sessions pause and resume together, so they share the rate; a read
-is at most one buffer, so the achieved rate is exact over seconds, bursty below.
+debt is paid and enough tokens are back for one read of every session: they pause and
+resume together, their reads are cut to a size that suits the rate
+(:attr:`Bucket.chunk`), and each gets its turn in the event loop's next round, so
+they share the rate. The achieved rate is exact over seconds, bursty below.
 
 With several workers each worker shapes its own share (the rate divided by the
 number of workers; see ``ops/server.py``).
@@ -32,6 +34,9 @@ BURST_SECONDS = 0.25
 MIN_BURST = 16 * 1024
 #: At most this many bytes pass between two charges of a user that has tokens left.
 MIN_STEP = 8 * 1024
+#: Reads of a shaped direction are cut to a sixteenth of a second of its rate, within
+#: these bounds.
+MIN_CHUNK, MAX_CHUNK = 4 * 1024, 64 * 1024
 
 UP, DOWN = 1, 2
 
@@ -40,24 +45,32 @@ class Shaped(Protocol):
     """A session the shaper can hold (ClientConnection)."""
 
     def throttle(self, direction: int, on: bool) -> None: ...
+    def cut_reads(self, up: int, down: int) -> None:
+        """Read at most this much at once each way (0: no cut)."""
 
 
 class Bucket:
     """One direction of one user."""
 
-    __slots__ = ("burst", "rate", "seen", "stamp", "throttled_seconds", "throttled_since",
-                 "tokens")  # fmt: skip
+    __slots__ = ("burst", "chunk", "rate", "seen", "stamp", "throttled_seconds",
+                 "throttled_since", "tokens")  # fmt: skip
 
     def __init__(self, rate: float, now: float, seen: int) -> None:
         self.rate = rate
-        self.burst = max(rate * BURST_SECONDS, MIN_BURST)
-        self.tokens = self.burst
+        self.burst = self.chunk = 0
+        self.set_rate(rate)
+        self.tokens = float(self.burst)
         self.stamp = now
         self.seen = seen
         #: Loop time the current throttle began (None while flowing), and the sum of
         #: the throttles that ended.
         self.throttled_since: float | None = None
         self.throttled_seconds = 0.0
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = int(max(rate * BURST_SECONDS, MIN_BURST))
+        self.chunk = int(min(max(rate / 16, MIN_CHUNK), MAX_CHUNK))
 
     def charge(self, now: float, counter: int) -> float:
         """Refill for the time passed, take what moved; the tokens left (negative: debt)."""
@@ -100,9 +113,11 @@ class UserShaper:
             elif bucket is None:
                 setattr(self, attr, Bucket(rate, now, counter))
             elif bucket.rate != rate:
-                bucket.rate = rate
-                bucket.burst = max(rate * BURST_SECONDS, MIN_BURST)
+                bucket.set_rate(rate)
                 bucket.tokens = min(bucket.tokens, bucket.burst)
+        for session in self.sessions:
+            session.cut_reads(self.up.chunk if self.up else 0,
+                              self.down.chunk if self.down else 0)  # fmt: skip
         self._settle(now)
 
     @property
@@ -112,6 +127,7 @@ class UserShaper:
     def join(self, session: Shaped) -> None:
         """A session of this user started: it follows the throttles in force."""
         self.sessions.add(session)
+        session.cut_reads(self.up.chunk if self.up else 0, self.down.chunk if self.down else 0)
         for direction, bucket in ((UP, self.up), (DOWN, self.down)):
             if bucket is not None and bucket.throttled_since is not None:
                 session.throttle(direction, True)
@@ -132,6 +148,8 @@ class UserShaper:
     def close(self) -> None:
         """Limits removed: release every session, forget the timer."""
         self.set_rates(None, None)
+        for session in self.sessions:
+            session.cut_reads(0, 0)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -147,13 +165,18 @@ class UserShaper:
             if bucket is None:
                 continue
             tokens = bucket.charge(now, counter)
-            if tokens < 0:
+            if bucket.throttled_since is not None:
+                # Let go once every session can have a read's worth.
+                floor = min(bucket.burst, bucket.chunk * max(1, len(self.sessions)))
+            else:
+                floor = 0
+            if tokens < floor:
                 if bucket.throttled_since is None:
                     bucket.throttled_since = now
+                    floor = min(bucket.burst, bucket.chunk * max(1, len(self.sessions)))
                     for session in list(self.sessions):
                         session.throttle(direction, True)
-                # Paid off once this much time has passed.
-                needed = -tokens / bucket.rate
+                needed = (floor - tokens) / bucket.rate
                 wait = needed if wait == 0.0 or needed < wait else wait
             else:
                 if bucket.throttled_since is not None:
