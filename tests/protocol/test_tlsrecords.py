@@ -20,7 +20,7 @@ from mtproxy.protocol.tlsrecords import (
 def test_constants_are_tls13s() -> None:
     assert FULL_RECORD == 2**14 + 1 + 16
     assert MIN_RECORD == 1 + 1 + 16
-    assert FULL_HEADER == b"\x17\x03\x03" + FULL_RECORD.to_bytes(2, "big")
+    assert b"\x17\x03\x03" + FULL_RECORD.to_bytes(2, "big") == FULL_HEADER
     assert header(18) == b"\x17\x03\x03\x00\x12"
 
 
