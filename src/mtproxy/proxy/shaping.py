@@ -24,10 +24,7 @@ number of workers; see ``ops/server.py``).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from mtproxy.proxy.stats import UserStats
+from typing import Protocol
 
 #: Seconds of traffic a full bucket holds (never less than MIN_BURST bytes).
 BURST_SECONDS = 0.25
@@ -39,6 +36,16 @@ MIN_STEP = 8 * 1024
 MIN_CHUNK, MAX_CHUNK = 4 * 1024, 64 * 1024
 
 UP, DOWN = 1, 2
+
+
+class UserCounters(Protocol):
+    """What the shaper uses of a user's stats (UserStats)."""
+
+    bytes_from_client: int
+    bytes_to_client: int
+    rate_mark: int
+
+    def rearm(self) -> None: ...
 
 
 class Shaped(Protocol):
@@ -91,7 +98,7 @@ class UserShaper:
 
     __slots__ = ("down", "loop", "sessions", "timer", "up", "user")
 
-    def __init__(self, user: UserStats, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, user: UserCounters, loop: asyncio.AbstractEventLoop) -> None:
         self.user = user
         self.loop = loop
         self.up: Bucket | None = None
