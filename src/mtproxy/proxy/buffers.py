@@ -1,5 +1,5 @@
-"""Receive and send buffers shared by every connection of one event loop, and the
-writes that keep them shared.
+"""The receive buffer shared by every connection of one event loop, and the writes
+that keep it shared.
 
 An idle connection must cost a few kilobytes, so no connection owns a buffer. All
 sockets read into one loop-wide buffer; the data is transformed in place and written
@@ -16,7 +16,7 @@ to pause the other side the moment anything waits, so at most one read's tail is
 ever held per direction, and direct writes happen only while nothing waits (order
 is kept).
 
-Both buffers have :data:`~mtproxy.protocol.crypto.CTR_SLACK` spare bytes at the end:
+The buffer has :data:`~mtproxy.protocol.crypto.CTR_SLACK` spare bytes at the end:
 older ``cryptography`` releases (the container uses Debian's) want that much extra
 room in the output of ``update_into``. Received data always starts at offset 0 of
 ``inbuf``, so ``inview[:n + CTR_SLACK]`` is a valid output for ``inview[:n]``.
@@ -52,7 +52,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 class SharedBuffers:
     __slots__ = (
-        "_trim", "inbuf", "inview", "outbuf", "outview", "recv_view", "size", "stalls", "trims"
+        "_trim", "inbuf", "inview", "recv_view", "size", "stalls", "trims"
     )
 
     def __init__(self, size: int) -> None:
@@ -62,10 +62,6 @@ class SharedBuffers:
         self.inview = memoryview(self.inbuf)
         #: What sockets read into (the spare room at the end stays out of reach).
         self.recv_view = self.inview[:size]
-        #: Scratch for bytes that cannot be encrypted where they lie (read-only
-        #: answers, or writable ones without CTR_SLACK room after them).
-        self.outbuf = bytearray(size + _ROOM)
-        self.outview = memoryview(self.outbuf)
         self._trim: asyncio.TimerHandle | None = None
         #: Back-pressure pauses since the last trim: tails were copied, perhaps many.
         self.stalls = 0

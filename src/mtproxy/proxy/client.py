@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from mtproxy.config.settings import Settings
-from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
+from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.protocol.dc import format_endpoint
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.faketls import RecordReader
@@ -669,15 +669,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                 buffers = self.buffers
                 if data.obj is buffers.inbuf:
                     cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
-                elif not CTR_SLACK:
-                    cipher.update_into(data, data)
-                elif n <= buffers.size:
-                    # Older cryptography wants spare room after the output.
-                    out = buffers.outview
-                    cipher.update_into(data, out[: n + CTR_SLACK])
-                    data = out[:n]
                 else:
-                    data = cipher.update(data)
+                    in_place(cipher, data)
             else:
                 data = cipher.update(data)
         if self.records is not None:
