@@ -68,13 +68,19 @@ class SharedBuffers:
         #: Times freed memory was handed back to the system (see :meth:`trim_soon`).
         self.trims = 0
 
-    def trim_soon(self) -> None:
-        """A session ended after tails were held: give freed memory back shortly.
+    def stalled(self) -> None:
+        """A transport took a tail (back-pressure): count it, and trim afterwards."""
+        self.stalls += 1
+        if self._trim is None:
+            self.trim_soon()
 
-        Tails are copies of up to a read each, spread over the heap; once their
-        sessions are gone the C allocator keeps the pages unless asked, so a process
-        that once held many stalled sessions would stay that big. One trim a second
-        at most, after the closes of a burst.
+    def trim_soon(self) -> None:
+        """Give freed memory back to the system shortly (after back-pressure, or after
+        sessions that had it ended).
+
+        Tails are copies of up to a read each, spread over the heap; once sent (or
+        their sessions gone) the C allocator keeps the pages unless asked, so a
+        process would stay as big as its worst moment. One trim a second at most.
         """
         if self._trim is None and _malloc_trim() is not None:
             self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim_now)

@@ -10,6 +10,7 @@ bytes come back through :meth:`send_plain` (encrypt, wrap) or :meth:`send_obfs`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -245,7 +246,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
-        if self.buffers.stalls:
+        if self.buffers.stalls or self.write_paused or self.reading_paused:
             self.buffers.trim_soon()  # copied tails were freed, perhaps many
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
@@ -276,7 +277,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.buffers.stalls += 1
+        self.buffers.stalled()
         if self.upstream is not None:
             self.upstream.pause_reading()
 
@@ -427,7 +428,6 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _start_session(self, accepted: Accepted) -> None:
         server = self.server
-        self.accepted = accepted
         client = accepted.client
         self.decryptor = client.decryptor
         if not server.passthrough:
@@ -435,6 +435,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.records = accepted.records
         self.recv_view = self.buffers.recv_view[:EARLY_LIMIT]
         self.early = client.decryptor.update(accepted.leftover) if accepted.leftover else b""
+        if accepted.leftover:
+            # The session keeps its Accepted for its lifetime; the bytes that came with
+            # the header (up to a whole read) are in ``early`` now.
+            accepted = dataclasses.replace(accepted, leftover=b"")
+            self.session.accepted = accepted
+        self.accepted = accepted
         user = server.user_for(client.secret_index, self.session.policy)
         if not server.admit(self, user):
             self._run(self.session.refused())

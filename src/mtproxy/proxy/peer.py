@@ -114,7 +114,7 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.buffers.stalls += 1
+        self.buffers.stalled()
         self.client.pause_reading()
 
     def resume_writing(self) -> None:
