@@ -128,16 +128,18 @@ def proxy_command(port: int, dc_port: int, extra: list[str]) -> list[str]:
 class Client:
     """A blocking client that does the handshake and then moves raw bytes."""
 
-    def __init__(self, port: int, dc_id: int, tls: bool, direct: bool = False) -> None:
+    def __init__(
+        self, port: int, dc_id: int, tls: bool, direct: bool = False, secret: bytes = SECRET
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tls = tls
         if direct:
             header = build_dc_header(Framing.INTERMEDIATE, dc_id).header
         else:
-            header = build_client_header(SECRET, Framing.INTERMEDIATE, dc_id).header
+            header = build_client_header(secret, Framing.INTERMEDIATE, dc_id).header
         if tls:
-            hello = faketls.build_client_hello(SECRET, DOMAIN, int(time.time()))
+            hello = faketls.build_client_hello(secret, DOMAIN, int(time.time()))
             self.sock.sendall(hello)
             self._read_server_hello()
             self.sock.sendall(faketls.CCS_RECORD + faketls.wrap_records(header))
