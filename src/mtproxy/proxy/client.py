@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -673,13 +674,15 @@ class ClientConnection(asyncio.BufferedProtocol):
                     and self._limit_crossed(user)):  # fmt: skip
                 return
         if cipher is not None:
-            if isinstance(data, memoryview) and not data.readonly:
+            if type(data) is memoryview and not data.readonly:
                 buffers = self.buffers
                 if data.obj is buffers.inbuf:
                     cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
                 elif n > BIG_STEP:
                     self._emit_big(data, cipher, transport)
                     return
+                elif not CTR_SLACK:
+                    cipher.update_into(data, data)
                 else:
                     in_place(cipher, data)
             else:
@@ -689,7 +692,16 @@ class ClientConnection(asyncio.BufferedProtocol):
         elif self.write_paused:
             transport.write(bytes(data))
         else:
-            send_now(transport, self.fd, data)
+            # send_now, inline: this is every small packet's last step.
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                transport.write(bytes(data))
+                return
+            if sent != n:
+                transport.write(bytes(data[sent:]))
 
     def _emit_big(
         self, data: memoryview, cipher: CipherContext, transport: asyncio.Transport
