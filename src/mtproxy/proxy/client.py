@@ -249,8 +249,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
-        if self.buffers.stalls or self.write_paused or self.reading_paused:
-            self.buffers.trim_soon()  # copied tails were freed, perhaps many
+        if self.accepted is not None:
+            # Its early bytes, copied tails and the like are freed now: many sessions
+            # ending (a burst of stalled ones, say) would leave the process that big.
+            self.buffers.trim_soon()
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
