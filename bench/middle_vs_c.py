@@ -56,7 +56,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from me_server import PATTERN  # noqa: E402
 from run import (  # noqa: E402
     AD_TAG,
-    CLK,
     PAGE,
     SECRET,
     aes_floor,
@@ -95,13 +94,14 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of the process tree (threads included)."""
-    total = 0
+    """User + system CPU seconds of the process tree (threads included), from schedstat
+    (nanoseconds; clock ticks are 10 ms, coarse next to a few microseconds per echo)."""
+    total = 0.0
     for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += sum(int((task / "schedstat").read_text().split()[0])
+                         for task in Path(f"/proc/{p}/task").iterdir()) / 1e9
+    return total
 
 
 def tree_rss(pid: int) -> int:
@@ -344,7 +344,7 @@ async def measure(proxy: Proxy, case: Case, total: int, echoes: int) -> float:
             await run_exchange(clients, case.kind, case.size, case.answer, per_client, WINDOW)
             cpu = tree_cpu(proxy.pid) - before
             moved = per_client * case.clients * BIG
-            return moved / MB / max(cpu, 1 / CLK)
+            return moved / MB / max(cpu, 1e-6)
         per_client = max(1, echoes // case.clients)
         before = tree_cpu(proxy.pid)
         await run_exchange(clients, case.kind, case.size, case.answer, per_client, 1)
@@ -542,7 +542,7 @@ async def direct_transfer(proxy: Proxy, kind: str, total: int) -> float:
             raise RuntimeError(f"{proxy.name}: upload count {count!r}, sent {total}")
     cpu = tree_cpu(proxy.pid) - before
     writer.close()
-    return total / MB / max(cpu, 1 / CLK)
+    return total / MB / max(cpu, 1e-6)
 
 
 # -- main ---------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ users = st.builds(
     max_connections=st.none() | st.integers(1, 10**6),
     max_ips=st.none() | st.integers(1, 10**6),
     quota=st.none() | st.integers(1, 10**15),
+    rate_up=st.none() | st.integers(1, 10**12),
+    rate_down=st.none() | st.integers(1, 10**12),
     expires=st.none() | st.integers(0, 4 * 10**9).map(float),
     disabled=st.booleans(),
 )  # fmt: skip
@@ -111,3 +113,13 @@ def test_a_broken_file_is_one_clear_error(tmp_path: Path, text: str, words: str)
         load_settings({"data_dir": str(tmp_path)})
     assert str(tmp_path / USERS_FILE) in str(info.value) and words in str(info.value)
     assert "delete it" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rates_read_as_bytes_per_second() -> None:
+    base = {"name": "dora", "secret": "0123456789abcdef0123456789abcdef"}
+    parsed = user_entry({**base, "rate_up": "512KiB/s", "rate_down": "2MB"})
+    assert (parsed.rate_up, parsed.rate_down) == (512 * 1024, 2_000_000)
+    assert user_entry({**base, "rate_down": 65536}).rate_down == 65536
+    for bad in ("fast", 0, -5, "2 parsecs"):
+        with pytest.raises(ValueError, match=r"rate_down: .* rate; write bytes per second"):
+            user_entry({**base, "rate_down": bad})

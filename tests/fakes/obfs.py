@@ -341,6 +341,8 @@ class TlsRecordReader:
         self.max_payload = max_payload
         self._buf = bytearray()
         self.records = 0
+        #: Payload length of every application-data record, in order.
+        self.sizes: list[int] = []
 
     @property
     def pending(self) -> int:
@@ -365,6 +367,7 @@ class TlsRecordReader:
             if rtype == 0x17:
                 out.append(bytes(body))
                 self.records += 1
+                self.sizes.append(length)
             elif rtype == 0x14:
                 continue
             elif rtype == 0x15:

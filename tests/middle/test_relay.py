@@ -34,6 +34,7 @@ from mtproxy.protocol.rpc.constants import (
     FLAG_PAD,
     FLAG_QUICKACK,
 )
+from mtproxy.protocol.tlsrecords import FULL_RECORD, MIN_RECORD
 
 from .harness import (
     AD_TAG,
@@ -304,3 +305,22 @@ async def test_a_middle_end_that_stops_answering_is_left(
                 await wait_for(lambda: server.stats.me_disconnects >= 1, what="the silence")
             assert "middle-proxy silent for" in caplog.text
             await me.wait_until(lambda: any(c.ready and c is not first for c in me.connections))
+async def test_faketls_records_of_answers_and_quick_acks(tmp_path: Path, loop_impl: str) -> None:
+    """Answers framed in place go out in TLS 1.3-sized records (a big one in full
+    records of one write); a quick ack leads its answer, or goes alone after the hold."""
+    async with FakeMiddleEnd(PROXY_SECRET) as me:
+        config, secret = write_inputs(tmp_path / "in", {2: [me.address]})
+        cli = middle_settings(tmp_path / "data", config, secret, tag=AD_TAG.hex())
+        async with running_proxy(cli) as server:
+            client = await open_client(server, TAG_INTERMEDIATE, tls=True)
+            for size, quickack in ((56, False), (64, True), (1024, True), (600_000, False),
+                                   (1 << 19, True)):  # fmt: skip
+                await echo(client, size, quickack=quickack)
+            assert client._tls_in is not None
+            sizes = client._tls_in.sizes
+            client.close()
+    assert max(sizes) == FULL_RECORD
+    # A quick ack is 4 bytes in this framing: the only size that may go alone.
+    assert all(s >= MIN_RECORD or s == 4 for s in sizes), sizes
+    full = sum(1 for s in sizes if s == FULL_RECORD)
+    assert full >= (600_000 + (1 << 19)) // FULL_RECORD - 2, sizes

@@ -167,6 +167,7 @@ async def test_user_lifecycle_under_live_sessions(tmp_path: Path, workers: int) 
                                            "expires": "2099-01-31"})  # fmt: skip
             assert status == 200
             assert body["limits"] == {"max_connections": None, "max_ips": 3, "quota": None,
+                                      "rate_up": None, "rate_down": None,
                                       "expires": "2099-02-01T00:00:00Z"}  # fmt: skip
             assert "alice.max_connections" not in "".join(
                 k for k in (await proxy.stats()) if k.startswith("user.alice.max_connections"))
@@ -301,3 +302,54 @@ async def test_token(tmp_path: Path) -> None:
         assert not token_file.exists()
     finally:
         await proxy.stop()
+
+
+@pytest.mark.timeout_s(90)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_rate_limit_set_through_the_api_shows_in_metrics(
+    tmp_path: Path, workers: int
+) -> None:
+    async def source(conn: Any) -> None:
+        block = bytes(64 * 1024)
+        try:
+            while True:
+                conn.write(block)
+                await conn.drain()
+        except (ConnectionError, OSError):
+            return
+
+    async with FakeDC(source) as dc:
+        proxy, api = await start(tmp_path, workers, user_toml("alice", ALICE), dc=dc.port)
+        try:
+            status, body = await api.call("PATCH", "/api/users/alice",
+                                          {"rate_down": "512KiB", "rate_up": 1 << 20})
+            assert status == 200
+            assert body["limits"]["rate_down"] == 512 * 1024
+            assert body["limits"]["rate_up"] == 1 << 20
+            status, problem = await api.call("PATCH", "/api/users/alice", {"rate_up": "quick"})
+            assert status == 400 and "rate_up" in problem["error"]
+            stream = await connect(proxy, ALICE)
+            got, deadline = 0, asyncio.get_running_loop().time() + 2.5
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    got += len(await asyncio.wait_for(stream.read(1 << 20), left))
+                except TimeoutError:
+                    break
+            stream.close()
+            # Loosely: shaped (2.5 s at 512 KiB/s, plus a burst), nowhere near free speed.
+            assert got < 4 * 1024 * 1024, got
+            status, text = await proxy.get("/metrics")
+            assert status == 200
+            assert ('mtproxy_user_rate_limit_bytes_per_second{direction="to_client",'
+                    'user="alice"} 524288.0') in text  # fmt: skip
+            line = next(row for row in text.splitlines() if row.startswith(
+                'mtproxy_user_throttled_seconds_total{direction="to_client",user="alice"}'))
+            assert float(line.split()[-1]) > 0.5
+            stats = await proxy.stats()
+            assert stats["user.alice.rate_down"] == str(512 * 1024)
+            assert float(stats["user.alice.throttled_seconds_down"]) > 0.5
+            status, body = await api.call("GET", "/api/users/alice")
+            assert body["usage"]["throttled_seconds_down"] > 0.5
+            assert body["usage"]["throttled_seconds_up"] == 0
+        finally:
+            assert await proxy.stop() == 0

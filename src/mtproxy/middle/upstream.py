@@ -138,6 +138,9 @@ def _address(name: tuple[str, int], fallback: IPAddress) -> tuple[IPAddress, int
 class MiddleUpstream:
     """One client's half of a shared middle-proxy connection (the core's ``Upstream``)."""
 
+    #: The connection is shared: a rate limit holds back the client's requests instead.
+    pausable = False
+
     __slots__ = (
         "answers",
         "base_flags",
@@ -231,6 +234,9 @@ class MiddleUpstream:
 
     def resume_reading(self) -> None:
         self.client_blocked = False
+
+    def cut_reads(self, size: int) -> None:
+        """The shared link reads for every client; a rate limit holds requests instead."""
 
     def was_reset(self) -> bool:
         """The shared link keeps reading whatever one client does; it reports its own loss."""

@@ -36,6 +36,7 @@ from mtproxy.config.settings import Settings, with_users
 from mtproxy.config.users import (
     Overlay,
     UserConfig,
+    byte_rate,
     byte_size,
     expiry,
     load_overlay,
@@ -56,7 +57,7 @@ TOKEN_FILE = "api-token"
 REQUEST_TIMEOUT = 10.0
 MAX_HEAD = 8192
 MAX_BODY = 64 * 1024
-LIMIT_KEYS = ("max_connections", "max_ips", "quota", "expires")
+LIMIT_KEYS = ("max_connections", "max_ips", "quota", "rate_up", "rate_down", "expires")
 
 
 class Backend(Protocol):
@@ -310,13 +311,16 @@ class ApiServer:
             "disabled": user.disabled,
             "source": "config" if user in base else "api",
             "limits": {"max_connections": user.max_connections, "max_ips": user.max_ips,
-                       "quota": user.quota, "expires": _iso(user.expires)},
+                       "quota": user.quota, "rate_up": user.rate_up,
+                       "rate_down": user.rate_down, "expires": _iso(user.expires)},
             "usage": {
                 "connections": live.get("connections_active", 0),
                 "connections_total": live.get("connections_total", 0),
                 "bytes_from_client": live.get("bytes_from_client", 0),
                 "bytes_to_client": live.get("bytes_to_client", 0),
                 "quota_used": live.get("quota_used") or 0,
+                "throttled_seconds_up": round(live.get("throttled_up", 0.0), 3),
+                "throttled_seconds_down": round(live.get("throttled_down", 0.0), 3),
                 "ips": live.get("ips", {}),
                 "refused": live.get("refused", {}),
             },
@@ -463,6 +467,8 @@ def _limit(key: str, value: Any) -> Any:
     try:
         if key == "quota":
             return byte_size(value)
+        if key in ("rate_up", "rate_down"):
+            return byte_rate(value)
         if key == "expires":
             return expiry(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

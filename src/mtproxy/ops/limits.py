@@ -103,7 +103,8 @@ class UserRegistry:
             state = self._state(name, added)
             state.config = None
             state.anonymous = True
-            state.stats.bytes_limit = NO_LIMIT
+            state.stats.quota_limit = NO_LIMIT
+            state.stats.rearm()
             entries.append((secret.key, state))
             current.add(name)
         for user in users:
@@ -111,10 +112,11 @@ class UserRegistry:
             state.config = user
             state.anonymous = False
             if user.quota is None:
-                state.stats.bytes_limit = NO_LIMIT
+                state.stats.quota_limit = NO_LIMIT
             else:
                 # Until the next exchange with the ledger, trust what it said last time.
-                state.stats.bytes_limit = user.quota - (state.quota_used - state.reported)
+                state.stats.quota_limit = user.quota - (state.quota_used - state.reported)
+            state.stats.rearm()
             entries.append((user.secret.key, state))
             current.add(user.name)
         removed = []
@@ -160,7 +162,7 @@ def refusal(state: UserState, now: float) -> str | None:
         return "disabled"
     if config.expires is not None and now >= config.expires:
         return "expired"
-    if config.quota is not None and state.relayed >= state.stats.bytes_limit:
+    if config.quota is not None and state.relayed >= state.stats.quota_limit:
         return "quota"
     return None
 

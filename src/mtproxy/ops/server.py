@@ -1,7 +1,8 @@
 """The proxy server with the operator's features wired into the core's hooks.
 
 - users and their limits (``user_for``/``admit``/``session_closed``; quotas also on
-  the relay path through ``UserStats.bytes_limit``);
+  the relay path through ``UserStats.bytes_limit``), rate limits (``proxy/shaping.py``,
+  each worker shaping its share);
 - the per-worker connection cap, by default what the descriptor budget allows
   (``ops/fds.py``; the listeners refuse past it, see ``proxy/accept.py``);
 - the upstream SOCKS5 proxy (``connect_upstream``);
@@ -36,7 +37,8 @@ from mtproxy.protocol.secret import Mode
 from mtproxy.proxy.accept import careful_from
 from mtproxy.proxy.client import ClientConnection
 from mtproxy.proxy.server import ProxyServer
-from mtproxy.proxy.stats import UserStats
+from mtproxy.proxy.shaping import UserShaper
+from mtproxy.proxy.stats import NO_LIMIT, UserStats
 from mtproxy.proxy.upstream import UpstreamsFactory
 
 log = logging.getLogger("mtproxy.ops")
@@ -184,6 +186,7 @@ class OpsServer(ProxyServer):
             tls_max_future=settings.tls_max_future,
         )
         self.stats.users = [state.stats for state in self.registry.live()]
+        self._shape(settings)
         self.socks = Socks5(settings.socks5) if settings.socks5 else None
         for state in self.registry.states.values():
             self._schedule_expiry(state)
@@ -202,6 +205,34 @@ class OpsServer(ProxyServer):
 
     def _use_server_hello(self, shape: ServerHelloShape) -> None:
         self.policy = dataclasses.replace(self.policy, server_hello=shape)
+    def _shape(self, settings: Settings) -> None:
+        """Rate limits: each worker shapes an equal share of a user's rate.
+
+        Clients land on workers by the kernel's SO_REUSEPORT hash, and an app's 3-8
+        connections spread over them, so equal shares add up to the user's rate when
+        the user is busy everywhere. A user busy on one worker alone gets that
+        worker's share: the limit is never exceeded, at the price of under-using it.
+        """
+        share = max(1, settings.workers)
+        for state in self.registry.states.values():
+            config = state.config
+            stats = state.stats
+            up = config.rate_up if config is not None and not state.removed else None
+            down = config.rate_down if config is not None and not state.removed else None
+            if up is None and down is None:
+                if stats.shaper is not None:
+                    stats.shaper.close()
+                    stats.shaper = None
+                    stats.rate_mark = NO_LIMIT
+                    stats.rearm()
+                continue
+            if stats.shaper is None:
+                stats.shaper = UserShaper(stats, self.loop)
+                for client in state.sessions:
+                    stats.shaper.join(client)
+            stats.shaper.set_rates(
+                up / share if up is not None else None, down / share if down is not None else None
+            )
 
     def apply(self, settings: Settings) -> list[str]:
         """Switch to new settings (SIGHUP): new sessions follow them, live ones go on."""
@@ -370,7 +401,8 @@ class OpsServer(ProxyServer):
             config = state.config
             if config is not None and config.quota is not None and not state.removed:
                 others = total - state.reported
-                state.stats.bytes_limit = config.quota - others
+                state.stats.quota_limit = config.quota - others
+                state.stats.rearm()
 
     async def sync_quotas(self) -> None:
         """One exchange with the ledger: report our bytes, learn everyone's."""

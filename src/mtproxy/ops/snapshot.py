@@ -30,6 +30,8 @@ _USER_SUMS = (
     "bytes_to_client",
     "quota_closed",
 )
+#: Seconds a rate limit held the user back, per direction (floats, summed over workers).
+_USER_THROTTLE = ("throttled_up", "throttled_down")
 
 
 def take(server: OpsServer) -> Snapshot:
@@ -53,7 +55,13 @@ def take(server: OpsServer) -> Snapshot:
     for state in server.registry.live():
         config = state.config
         entry: dict[str, Any] = {name: getattr(state.stats, name) for name in _USER_SUMS}
+        shaper = state.stats.shaper
+        up, down = shaper.throttled_seconds() if shaper is not None else (0.0, 0.0)
         entry.update(
+            throttled_up=up,
+            throttled_down=down,
+            rate_up=config.rate_up if config else None,
+            rate_down=config.rate_down if config else None,
             ips=dict(state.ips),
             refused=dict(state.refused),
             removed=state.removed,
@@ -152,10 +160,12 @@ def merge(parts: Iterable[Snapshot]) -> Snapshot:
             mine = out["users"].get(name)
             if mine is None:
                 mine = out["users"][name] = dict(user, ips=Counter(), refused=Counter())
-                for field in _USER_SUMS:
+                for field in (*_USER_SUMS, *_USER_THROTTLE):
                     mine[field] = 0
             for field in _USER_SUMS:
                 mine[field] += user[field]
+            for field in _USER_THROTTLE:
+                mine[field] += user.get(field, 0.0)
             mine["ips"].update(user["ips"])
             mine["refused"].update(user["refused"])
             mine["removed"] = mine["removed"] and user["removed"]
@@ -222,10 +232,14 @@ def render_tsv(snap: Snapshot, *, pid: int, started: float, workers: list[Snapsh
             lines.append((prefix + field, user[field]))
         lines.append((prefix + "unique_ips", len(user["ips"])))
         lines.append((prefix + "ips", ",".join(sorted(user["ips"]))))
-        for key in ("max_connections", "max_ips", "quota", "quota_used", "expires"):
-            if user[key] is not None:
+        for key in ("max_connections", "max_ips", "quota", "quota_used", "rate_up",
+                    "rate_down", "expires"):  # fmt: skip
+            if user.get(key) is not None:
                 value = user[key]
                 lines.append((prefix + key, int(value)))
+        if user.get("rate_up") is not None or user.get("rate_down") is not None:
+            lines.append((prefix + "throttled_seconds_up", round(user["throttled_up"], 3)))
+            lines.append((prefix + "throttled_seconds_down", round(user["throttled_down"], 3)))
         for reason in sorted(user["refused"]):
             lines.append((prefix + f"refused_{reason}", user["refused"][reason]))
         if user["removed"]:

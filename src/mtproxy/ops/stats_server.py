@@ -271,6 +271,14 @@ def _user_metrics(users: dict[str, Any]) -> Iterable[Any]:
     expires = GaugeMetricFamily(
         "mtproxy_user_expires_timestamp_seconds", "When the user expires", labels=["user"]
     )
+    rate = GaugeMetricFamily(
+        "mtproxy_user_rate_limit_bytes_per_second", "Rate limit, all workers together",
+        labels=["user", "direction"],
+    )
+    throttled = CounterMetricFamily(
+        "mtproxy_user_throttled_seconds", "Time a rate limit held the user's sessions back "
+        "(summed over workers)", labels=["user", "direction"],
+    )
     for name in sorted(users):
         user = users[name]
         active.add_metric([name], user["connections_active"])
@@ -285,7 +293,11 @@ def _user_metrics(users: dict[str, Any]) -> Iterable[Any]:
             used.add_metric([name], user["quota_used"] or 0)
         if user["expires"] is not None:
             expires.add_metric([name], user["expires"])
-    yield from (active, total, data, ips, refused, quota, used, expires)
+        for direction, key in (("from_client", "up"), ("to_client", "down")):
+            if user.get(f"rate_{key}") is not None:
+                rate.add_metric([name, direction], user[f"rate_{key}"])
+                throttled.add_metric([name, direction], user.get(f"throttled_{key}", 0.0))
+    yield from (active, total, data, ips, refused, quota, used, expires, rate, throttled)
 
 
 def _worker_metrics(workers: list[dict[str, Any]]) -> Iterable[Any]:

@@ -31,8 +31,20 @@ CTR_SLACK = _probe_slack()
 
 
 def in_place(ctx: CipherContext, data: bytearray | memoryview) -> None:
-    """Transform a writable buffer that has no spare room after it (rare paths only)."""
-    if CTR_SLACK:
-        data[:] = ctx.update(data)
-    else:
+    """Transform a writable buffer that has no spare room after it.
+
+    With older ``cryptography`` (CTR_SLACK > 0) all but the last CTR_SLACK bytes are
+    transformed in place, the buffer's own end serving as the room ``update_into``
+    wants (CTR writes exactly as many bytes as it reads), and only that short tail
+    goes through a copy.
+    """
+    if not CTR_SLACK:
         ctx.update_into(data, data)
+        return
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    head = len(view) - CTR_SLACK
+    if head > 0:
+        ctx.update_into(view[:head], view)
+    else:
+        head = 0
+    view[head:] = ctx.update(view[head:])

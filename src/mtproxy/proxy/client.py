@@ -10,19 +10,33 @@ bytes come back through :meth:`send_plain` (encrypt, wrap) or :meth:`send_obfs`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import struct
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from mtproxy.config.settings import Settings
-from mtproxy.protocol import faketls
-from mtproxy.protocol.crypto import CTR_SLACK, CipherContext
+from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
 from mtproxy.protocol.dc import format_endpoint
 from mtproxy.protocol.errors import TlsError
+from mtproxy.protocol.faketls import RecordReader
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
-from mtproxy.proxy.buffers import SharedBuffers
+from mtproxy.protocol.tlsrecords import (
+    FULL_RECORD,
+    HOLD_SECONDS,
+    MIN_RECORD,
+    header,
+    record_pieces,
+)
+from mtproxy.proxy.buffers import (
+    SharedBuffers,
+    send_now,
+    sendv_now,
+    socket_fd,
+    watch_backlog,
+)
 from mtproxy.proxy.session import (
     Action,
     Close,
@@ -37,6 +51,7 @@ from mtproxy.proxy.session import (
     StartSession,
     ToMask,
 )
+from mtproxy.proxy.shaping import DOWN
 from mtproxy.proxy.sockets import (
     close_soon,
     enable_keepalive,
@@ -44,18 +59,17 @@ from mtproxy.proxy.sockets import (
     was_reset,
     write_segmented,
 )
-from mtproxy.proxy.stats import ProxyStats, UserStats
+from mtproxy.proxy.stats import NO_LIMIT, ProxyStats, UserStats
 from mtproxy.proxy.upstream import Upstream
 from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.client")
 
-_RECORD = struct.Struct(">BHH")
-_APPDATA = faketls.TYPE_APPDATA
-_TLS12 = 0x0303
-_MAX_RECORD = faketls.MAX_RECORD_OUT
-#: Client bytes held while the upstream connection is being opened.
-EARLY_LIMIT = 256 * 1024
+#: Big answers are encrypted and written this much at a time (whole full records).
+BIG_STEP = 8 * FULL_RECORD
+#: Client bytes held while the upstream connection is being opened (reads are cut to
+#: this size meanwhile, so a session waiting for its DC holds no more).
+EARLY_LIMIT = 16 * 1024
 #: After the mask host's FIN, when to look for its reset of bytes the client sent later:
 #: first after this many seconds, then at twice the last interval, for about 1.5 s
 #: (3, 9, 21, 45, 93 ... 1533 ms): a reset is passed on at most about as late again
@@ -100,8 +114,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         "closed",
         "connect_task",
         "decryptor",
+        "down_cut",
         "early",
         "encryptor",
+        "fd",
+        "held",
+        "held_in",
+        "held_out",
+        "hold_timer",
         "idle_ticks",
         "mask_peer",
         "mask_pending",
@@ -109,8 +129,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         "mask_watch",
         "on_data",
         "peername",
+        "pressed",
         "reading_paused",
         "records",
+        "recv_view",
+        "relay_view",
         "server",
         "session",
         "started",
@@ -126,6 +149,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.server = server
         self.stats = server.stats
         self.buffers: SharedBuffers = server.buffers
+        #: What the socket reads into: the shared buffer, or a cut of it (EARLY_LIMIT).
+        self.recv_view = server.buffers.recv_view
+        #: What it reads into once relaying (cut for a rate-limited user).
+        self.relay_view = self.recv_view
         self.transport: asyncio.Transport | None = None
         #: The client's address and the local address it reached (a PROXY protocol
         #: header from a load balancer replaces both with the real ones).
@@ -161,13 +188,28 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.accepted: Accepted | None = None
         self.decryptor: CipherContext | None = None
         self.encryptor: CipherContext | None = None
-        self.records: faketls.RecordReader | None = None
+        self.records: RecordReader | None = None
+        #: The socket's descriptor, for direct writes (see buffers.py).
+        self.fd = -1
+        #: Fake TLS: encrypted bytes too few for a record of their own, waiting (at
+        #: most HOLD_SECONDS, on ``hold_timer``) to lead the next write.
+        self.held = b""
+        self.hold_timer: asyncio.TimerHandle | None = None
         self.early = b""
         self.user: UserStats | None = None
         self.active = True
         self.idle_ticks = 0
         self.closed = False
+        #: The client socket's reading is paused (by any of the reasons below).
         self.reading_paused = False
+        #: The upstream (or the mask host, or the early limit) cannot take more now.
+        self.pressed = False
+        #: Rate limits holding this session: client reading (bits UP, and DOWN where the
+        #: upstream cannot be paused for one session), upstream reading (DOWN).
+        self.held_in = 0
+        self.held_out = False
+        #: Rate limits: the upstream's reads are cut to this length (0: not cut).
+        self.down_cut = 0
         self.write_paused = False
 
     @property
@@ -180,6 +222,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
+        self.fd = socket_fd(transport)
+        watch_backlog(self.transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peername = (peer[0], peer[1])
@@ -197,7 +241,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         return self._sockname
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.recv_view
+        return self.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.active = True
@@ -213,10 +257,19 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.stats.connections_active -= 1
         if self.user is not None:
             self.user.connections_active -= 1
+            if self.user.shaper is not None:
+                self.user.shaper.leave(self)
         self.server.sessions.discard(self)
         self._cancel_timer()
         if self.mask_watch is not None:
             self.mask_watch.cancel()
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+        if self.accepted is not None:
+            # Its early bytes, copied tails and the like are freed now: many sessions
+            # ending (a burst of stalled ones, say) would leave the process that big.
+            self.buffers.trim_soon()
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -246,25 +299,61 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.buffers.stalled()
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.upstream is not None:
+        if self.upstream is not None and not self.held_out:
             self.upstream.resume_reading()
 
     # -- flow control used by upstreams ---------------------------------------------------
 
     def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.pressed = True
+        self._follow_reading()
 
     def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self.pressed = False
+        self._follow_reading()
+
+    def _follow_reading(self) -> None:
+        paused = self.pressed or bool(self.held_in)
+        if paused != self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def cut_reads(self, up: int, down: int) -> None:
+        """Rate limits: reads of this session (up) and of its upstream (down) at most
+        this long (0: the whole buffer), so that the user's sessions take turns."""
+        full = self.buffers.recv_view
+        self.relay_view = full[:up] if up else full
+        if self.upstream is not None:
+            self.recv_view = self.relay_view
+            self.upstream.cut_reads(down)
+        self.down_cut = down
+
+    def throttle(self, direction: int, on: bool) -> None:
+        """The user's rate limit holds back (or lets go of) one direction of this session."""
+        upstream = self.upstream
+        if direction == DOWN and (upstream is None or upstream.pausable):
+            if on == self.held_out:
+                return
+            self.held_out = on
+            if upstream is not None and not self.closed:
+                if on:
+                    upstream.pause_reading()
+                elif not self.write_paused:
+                    upstream.resume_reading()
+            return
+        # Uploads; or downloads from an upstream shared with other sessions, which are
+        # held back by holding back the client's requests.
+        self.held_in = self.held_in | direction if on else self.held_in & ~direction
+        self._follow_reading()
 
     def check_paused(self) -> None:
         """A socket whose reading is paused is not watched by the event loop, so a reset
@@ -338,6 +427,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 transport = self.transport
                 if (transport is not None and not transport.is_closing()
                         and transport.can_write_eof()):  # fmt: skip
+                    self._flush_held()
                     transport.write_eof()
             elif isinstance(action, SetAddresses):
                 self.peername = action.peer
@@ -370,13 +460,19 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _start_session(self, accepted: Accepted) -> None:
         server = self.server
-        self.accepted = accepted
         client = accepted.client
         self.decryptor = client.decryptor
         if not server.passthrough:
             self.encryptor = client.encrypt_key.cipher()
         self.records = accepted.records
+        self.recv_view = self.buffers.recv_view[:EARLY_LIMIT]
         self.early = client.decryptor.update(accepted.leftover) if accepted.leftover else b""
+        if accepted.leftover:
+            # The session keeps its Accepted for its lifetime; the bytes that came with
+            # the header (up to a whole read) are in ``early`` now.
+            accepted = dataclasses.replace(accepted, leftover=b"")
+            self.session.accepted = accepted
+        self.accepted = accepted
         user = server.user_for(client.secret_index, self.session.policy)
         if not server.admit(self, user):
             self._run(self.session.refused())
@@ -384,6 +480,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.transport is not None and server.settings.keepalive:
             enable_keepalive(self.transport.get_extra_info("socket"))
         self.user = user
+        if user.shaper is not None:
+            user.shaper.join(self)
         user.connections_active += 1
         user.connections_total += 1
         self.stats.bytes_from_clients += len(self.early)
@@ -433,13 +531,19 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.upstream = peer
         self.connect_task = None
+        self.recv_view = self.relay_view
+        if self.down_cut:
+            peer.cut_reads(self.down_cut)
+        if self.held_out and not peer.pausable:
+            self.held_out = False
+            self.held_in |= DOWN
         actions = self.session.upstream_ready(self.server.loop.time())
         if self.early:
             early = memoryview(bytearray(self.early))
             self.early = b""
             peer.send(early)
         self._run(actions)
-        if self.write_paused:
+        if self.write_paused or self.held_out:
             peer.pause_reading()
         self.resume_reading()
 
@@ -528,8 +632,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         user = self.user
         if user is not None:
             user.bytes_from_client += n
-            if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
-                self._over_quota(user)
+            if (user.bytes_from_client + user.bytes_to_client > user.bytes_limit
+                    and self._limit_crossed(user)):  # fmt: skip
                 return
         upstream = self.upstream
         if upstream is not None:
@@ -539,6 +643,19 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.early += bytes(view)
             if len(self.early) >= EARLY_LIMIT:
                 self.pause_reading()
+
+    def _limit_crossed(self, user: UserStats) -> bool:
+        """The user's byte total passed its mark: the quota (True: this session is
+        closing), or the rate limits' next look (see proxy/shaping.py)."""
+        if user.bytes_from_client + user.bytes_to_client > user.quota_limit:
+            self._over_quota(user)
+            return True
+        if user.shaper is not None:
+            user.shaper.charge()
+        else:
+            user.rate_mark = NO_LIMIT
+            user.rearm()
+        return False
 
     def _over_quota(self, user: UserStats) -> None:
         """The user's data quota ran out mid-session: stop relaying at once."""
@@ -580,7 +697,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._watch_mask_reset(peer, delay * 2)
 
     def send_plain(self, data: memoryview | bytes) -> None:
-        """Upstream plaintext -> encrypt (and wrap in TLS records) -> client."""
+        """Upstream plaintext -> encrypt (and wrap in TLS records) -> client.
+
+        A writable memoryview is the caller's to give up: it is encrypted where it
+        lies (the shared receive buffer, or a middle-proxy answer framed in its RPC
+        frame) and written from there; nothing of it is kept after the call.
+        """
         self._emit(data, self.encryptor)
 
     def send_obfs(self, data: memoryview | bytes) -> None:
@@ -590,10 +712,10 @@ class ClientConnection(asyncio.BufferedProtocol):
     def send_raw(self, data: memoryview | bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if isinstance(data, memoryview):
-                self.buffers.write_in(transport, data)
+            if self.write_paused:
+                transport.write(bytes(data))
             else:
-                transport.write(data)
+                send_now(transport, self.fd, data)
 
     def _emit(self, data: memoryview | bytes, cipher: CipherContext | None) -> None:
         transport = self.transport
@@ -605,41 +727,103 @@ class ClientConnection(asyncio.BufferedProtocol):
         user = self.user
         if user is not None:
             user.bytes_to_client += n
-            if user.bytes_from_client + user.bytes_to_client > user.bytes_limit:
-                self._over_quota(user)
+            if (user.bytes_from_client + user.bytes_to_client > user.bytes_limit
+                    and self._limit_crossed(user)):  # fmt: skip
                 return
-        buffers = self.buffers
-        if isinstance(data, memoryview) and data.obj is buffers.inbuf:
-            # A prefix of the shared receive buffer: encrypt in place and write it out,
-            # as TLS records cut out of it (uvloop sends the pieces with one writev).
-            if cipher is not None:
-                cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
-            if self.records is None:
-                buffers.write_in(transport, data)
+        if cipher is not None:
+            if type(data) is memoryview and not data.readonly:
+                buffers = self.buffers
+                if data.obj is buffers.inbuf:
+                    cipher.update_into(data, buffers.inview[: n + CTR_SLACK])
+                elif n > BIG_STEP:
+                    self._emit_big(data, cipher, transport)
+                    return
+                elif not CTR_SLACK:
+                    cipher.update_into(data, data)
+                else:
+                    in_place(cipher, data)
             else:
-                buffers.writelines_in(transport, _record_pieces(data, n))
+                data = cipher.update(data)
+        if self.records is not None:
+            self._send_records(data, transport)
+        elif self.write_paused:
+            transport.write(bytes(data))
+        else:
+            # send_now, inline: this is every small packet's last step.
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                transport.write(bytes(data))
+                return
+            if sent != n:
+                transport.write(bytes(data[sent:]))
+
+    def _emit_big(
+        self, data: memoryview, cipher: CipherContext, transport: asyncio.Transport
+    ) -> None:
+        """A big writable answer (up to 1 MiB): encrypted and sent a step at a time, so
+        each step is still in the CPU's cache when the kernel copies it; once the socket
+        is full, the rest is encrypted and queued in one piece."""
+        n = len(data)
+        for start in range(0, n, BIG_STEP):
+            if self.write_paused:
+                rest = data[start:]
+                in_place(cipher, rest)
+                if self.records is not None:
+                    self._send_records(rest, transport)
+                else:
+                    transport.write(bytes(rest))
+                return
+            piece = data[start : start + BIG_STEP]
+            in_place(cipher, piece)
+            if self.records is not None:
+                self._send_records(piece, transport)
+            else:
+                send_now(transport, self.fd, piece)
+
+    def _send_records(self, data: memoryview | bytes, transport: asyncio.Transport) -> None:
+        """Client-keystream bytes -> TLS records shaped like TLS 1.3's (see tlsrecords)."""
+        held = self.held
+        total = len(held) + len(data)
+        if total < MIN_RECORD:
+            self.held = held + data
+            if self.hold_timer is None:
+                self.hold_timer = self.server.loop.call_later(HOLD_SECONDS, self._flush_held)
             return
-        # Immutable bytes (middle-end answers): encrypt into the shared send buffer.
-        out = buffers.outview
-        pos = start = 0
-        header = 0 if self.records is None else faketls.RECORD_HEADER_LEN
-        step = _MAX_RECORD if header else len(out)
-        while start < n:
-            m = min(step, n - start)
-            if pos + header + m > len(out):
-                buffers.write_out(transport, out[:pos])
-                out = buffers.outview
-                pos = 0
-            if header:
-                _RECORD.pack_into(out, pos, _APPDATA, _TLS12, m)
-                pos += header
-            if cipher is not None:
-                cipher.update_into(data[start : start + m], out[pos : pos + m + CTR_SLACK])
-            else:
-                out[pos : pos + m] = data[start : start + m]
-            pos += m
-            start += m
-        buffers.write_out(transport, out[:pos])
+        if held:
+            self.held = b""
+            if self.hold_timer is not None:
+                self.hold_timer.cancel()
+                self.hold_timer = None
+        pieces: list[bytes | memoryview]
+        if total <= FULL_RECORD:
+            pieces = [header(total), held, data] if held else [header(total), data]
+            wire = total + 5
+        else:
+            pieces = record_pieces(held, data, total)
+            wire = total + 5 * ((len(pieces) - (1 if held else 0)) >> 1)
+        if self.write_paused:
+            transport.write(b"".join(pieces))
+        else:
+            sendv_now(transport, self.fd, pieces, wire)
+
+    def _flush_held(self) -> None:
+        """Send held bytes as a record of their own: no more data came in time, or the
+        stream ends."""
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+        held, self.held = self.held, b""
+        transport = self.transport
+        if not held or transport is None or transport.is_closing():
+            return
+        record = header(len(held)) + held
+        if self.write_paused:
+            transport.write(record)
+        else:
+            send_now(transport, self.fd, record)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -649,24 +833,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             if abort:
                 transport.abort()
             else:
+                if self.held:
+                    self._flush_held()
                 close_soon(transport)
 
 
 def _discard(view: memoryview) -> None:
     return None
-
-
-_FULL_RECORD_HEADER = faketls.record_header(_MAX_RECORD)
-
-
-def _record_pieces(data: memoryview, n: int) -> list[bytes | memoryview]:
-    """Record headers interleaved with slices of ``data``, for ``writelines``."""
-    if n <= _MAX_RECORD:
-        return [faketls.record_header(n), data]
-    pieces: list[bytes | memoryview] = []
-    for start in range(0, n, _MAX_RECORD):
-        chunk = data[start : start + _MAX_RECORD]
-        size = len(chunk)
-        pieces.append(_FULL_RECORD_HEADER if size == _MAX_RECORD else faketls.record_header(size))
-        pieces.append(chunk)
-    return pieces

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from mtproxy.protocol.crypto import CTR_SLACK, CipherContext, in_place
-from mtproxy.proxy.buffers import SharedBuffers
+from mtproxy.proxy.buffers import SharedBuffers, send_now, socket_fd, watch_backlog
 from mtproxy.proxy.sockets import close_soon, set_keepalive, was_reset
 from mtproxy.proxy.upstream import SessionPort
 
@@ -21,6 +21,9 @@ Deliver = Callable[[memoryview], None]
 
 
 class PeerConnection(asyncio.BufferedProtocol):
+    #: Pausing this connection holds back one session's data (see Upstream).
+    pausable = True
+
     __slots__ = (
         "buffers",
         "client",
@@ -28,9 +31,13 @@ class PeerConnection(asyncio.BufferedProtocol):
         "deliver",
         "encryptor",
         "eof",
+        "fd",
         "first",
         "keepalive",
+        "reading_held",
+        "recv_view",
         "transport",
+        "write_paused",
     )
 
     def __init__(
@@ -45,12 +52,18 @@ class PeerConnection(asyncio.BufferedProtocol):
     ) -> None:
         self.client = client
         self.buffers: SharedBuffers = client.buffers
+        self.recv_view = client.buffers.recv_view
         self.deliver = deliver
         self.first = first
         self.encryptor = encryptor
         self.decryptor = decryptor
         self.keepalive = keepalive
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
+        #: Our side asked this connection to stop reading (flow control, rate limits).
+        self.reading_held = False
+        #: The transport holds unsent bytes (see buffers.py): write through it.
+        self.write_paused = False
         self.eof = False
 
     # -- asyncio callbacks -------------------------------------------------------------
@@ -58,6 +71,8 @@ class PeerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast.
         self.transport = cast(asyncio.Transport, transport)
+        self.fd = socket_fd(transport)
+        watch_backlog(self.transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and self.keepalive:
             set_keepalive(sock, self.keepalive, probes=False)
@@ -65,9 +80,22 @@ class PeerConnection(asyncio.BufferedProtocol):
             self.transport.write(self.first)
         self.first = b""
         self.client.peer_ready(self)
+        if self.write_paused:  # the first bytes wait: the client must not read on yet
+            self.client.pause_reading()
+        self._hold_after_start()
+
+    def _hold_after_start(self) -> None:
+        # uvloop starts reading after connection_made returns, whatever was asked in it.
+        if self.reading_held:
+            asyncio.get_running_loop().call_soon(self._hold_again)
+
+    def _hold_again(self) -> None:
+        transport = self.transport
+        if self.reading_held and transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffers.recv_view
+        return self.recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
         full = self.buffers.inview
@@ -85,9 +113,12 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.client.peer_lost(exc)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
+        self.buffers.stalled()
         self.client.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         self.client.resume_reading()
 
     # -- used by the client ------------------------------------------------------------
@@ -100,19 +131,29 @@ class PeerConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        buffers = self.buffers
-        if self.encryptor is not None:
+        encryptor = self.encryptor
+        if encryptor is not None:
+            buffers = self.buffers
             if data.obj is buffers.inbuf:
-                self.encryptor.update_into(data, buffers.inview[: len(data) + CTR_SLACK])
+                encryptor.update_into(data, buffers.inview[: len(data) + CTR_SLACK])
             else:
-                in_place(self.encryptor, data)
-        buffers.write_in(transport, data)
+                in_place(encryptor, data)
+        if self.write_paused:
+            transport.write(bytes(data))
+        else:
+            send_now(transport, self.fd, data)
 
     def pause_reading(self) -> None:
+        self.reading_held = True
         if self.transport is not None:
             self.transport.pause_reading()
 
+    def cut_reads(self, size: int) -> None:
+        full = self.buffers.recv_view
+        self.recv_view = full[:size] if size else full
+
     def resume_reading(self) -> None:
+        self.reading_held = False
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -176,10 +217,15 @@ class MaskConnection(PeerConnection):
             self._source = (local[0], local[1])
             self._registry.add(self._source)
         self.transport = cast(asyncio.Transport, transport)
+        self.fd = socket_fd(transport)
+        watch_backlog(self.transport)
         if self.first:
             self.transport.write(self.first)
         self.first = b""
         self.owner.mask_ready(self)
+        if self.write_paused:
+            self.owner.pause_reading()
+        self._hold_after_start()
 
     def eof_received(self) -> bool:
         self.eof = True

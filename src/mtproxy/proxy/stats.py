@@ -9,8 +9,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-#: ``UserStats.bytes_limit`` of a user without a quota.
+if TYPE_CHECKING:
+    from mtproxy.proxy.shaping import UserShaper
+
+#: ``UserStats.quota_limit`` of a user without a quota.
 NO_LIMIT = 1 << 62
 
 
@@ -24,8 +28,19 @@ class UserStats:
     bytes_from_client: int = 0
     bytes_to_client: int = 0
     #: Sessions close once bytes_from_client + bytes_to_client exceeds this.
+    quota_limit: int = NO_LIMIT
+    #: Where the shaper wants to look next (NO_LIMIT without rate limits).
+    rate_mark: int = NO_LIMIT
+    #: The one mark the relay path compares the byte total with: the smaller of the
+    #: two above, so limits cost users without any nothing more than that comparison.
     bytes_limit: int = NO_LIMIT
     quota_closed: int = 0
+    #: Rate limits of this user in this process (None: unlimited).
+    shaper: UserShaper | None = None
+
+    def rearm(self) -> None:
+        """Recompute :attr:`bytes_limit` after either mark changed."""
+        self.bytes_limit = min(self.quota_limit, self.rate_mark)
 
 
 @dataclass(eq=False)

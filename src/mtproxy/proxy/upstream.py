@@ -23,12 +23,18 @@ class Upstream(Protocol):
     """One session's far side after the handshake: a DC, a middle-end link, the mask."""
 
     eof: bool
+    #: pause_reading() holds back this session's data alone (False: the connection is
+    #: shared, so a rate limit holds back the client's requests instead).
+    pausable: bool
 
     def send(self, data: memoryview) -> None:
         """Client bytes (already decrypted); the upstream may transform them in place."""
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+    def cut_reads(self, size: int) -> None:
+        """Read at most ``size`` bytes at once (0: as much as fits); rate limits use it."""
+
     def write_eof(self) -> None: ...
     def close(self, abort: bool = False) -> None: ...
 
