@@ -17,7 +17,6 @@ worker has applied it. Endpoints: docs/api.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import hmac
@@ -44,12 +43,11 @@ from mtproxy.config.users import (
     save_overlay,
     user_entry,
 )
+from mtproxy.ops.http import LocalHttp, response
 from mtproxy.ops.stats_server import StatsView
 from mtproxy.protocol.dc import Endpoint, format_endpoint
 from mtproxy.protocol.secret import ClientSecret, Mode, format_secret, generate_secret, links_for
-from mtproxy.proxy.accept import StreamServer
 from mtproxy.state import StateError, atomic_write
-from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.api")
 
@@ -154,71 +152,45 @@ class Request:
         return data
 
 
-class ApiServer:
+class ApiServer(LocalHttp):
+    label = "management API"
+
     def __init__(self, endpoint: Endpoint, token: str, backend: Backend) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint, log)
         self.token = token.encode()
         self.backend = backend
-        self._server: StreamServer | None = None
-        self.shortages = ThrottledLog(log)
         self._lock = asyncio.Lock()
         self._host: str | None = None
 
     async def start(self) -> None:
-        host, port = self.endpoint
-        server = StreamServer(self._handle, self._shortage)
-        await server.start(host, port)
-        self._server = server
-        if not _is_loopback(host):
+        await super().start()
+        if not _is_loopback(self.endpoint[0]):
             log.warning("management API on %s, beyond this machine: the token travels in "
                         "clear; put TLS (a reverse proxy) or an SSH tunnel in front",
                         format_endpoint(self.endpoint))  # fmt: skip
 
-    def _shortage(self, exc: OSError) -> None:
-        self.shortages.log(logging.WARNING, "fds", "management API: out of file "
-                           f"descriptors ({exc.strerror or exc}); requests wait")  # fmt: skip
-
-    @property
-    def address(self) -> Endpoint:
-        assert self._server is not None
-        name = self._server.sockets[0].getsockname()
-        return name[0], name[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
     # -- HTTP --------------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def respond(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
         try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    request = await self._read(reader)
-                status, body = await self._answer(request)
-            except ApiError as exc:
-                status, body = exc.status, {"error": str(exc)}
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-                return
-            except Exception as exc:  # an answer, never a dead connection
-                log.exception("API request failed")
-                status, body = 500, {"error": f"internal error: {exc}"}
-            data = (json.dumps(body, indent=1) + "\n").encode()
-            head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                    "Cache-Control: no-store\r\nConnection: close\r\n")  # fmt: skip
-            if status == 401:
-                head += 'WWW-Authenticate: Bearer realm="mtproxy"\r\n'
-            writer.write(head.encode() + b"\r\n" + data)
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = await self._read(reader)
+            status, body = await self._answer(request)
+        except ApiError as exc:
+            status, body = exc.status, {"error": str(exc)}
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            return None
+        except Exception as exc:  # an answer, never a dead connection
+            log.exception("API request failed")
+            status, body = 500, {"error": f"internal error: {exc}"}
+        headers = ["Cache-Control: no-store"]
+        if status == 401:
+            headers.append('WWW-Authenticate: Bearer realm="mtproxy"')
+        data = (json.dumps(body, indent=1) + "\n").encode()
+        return response(status, "application/json", data, headers=headers,
+                        reason=_REASONS.get(status, "Error"))  # fmt: skip
 
     async def _read(self, reader: asyncio.StreamReader) -> Request:
         head = await reader.readuntil(b"\r\n\r\n")

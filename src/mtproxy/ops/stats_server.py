@@ -9,7 +9,6 @@ collector built for each request out of a snapshot; no global registry is touche
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import re
@@ -23,10 +22,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from mtproxy import __version__
 from mtproxy.config.settings import IPNetwork
+from mtproxy.ops.http import REQUEST_TIMEOUT, LocalHttp, response
 from mtproxy.ops.snapshot import NO_MASK, Snapshot, render_tsv
 from mtproxy.protocol.dc import Endpoint
-from mtproxy.proxy.accept import StreamServer
-from mtproxy.throttled_log import ThrottledLog
 
 log = logging.getLogger("mtproxy.stats")
 
@@ -37,7 +35,6 @@ DEFAULT_ALLOW: tuple[IPNetwork, ...] = tuple(
         "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10",
     )
 )  # fmt: skip
-REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192
 
 
@@ -65,93 +62,50 @@ def allowed(address: str, networks: Sequence[IPNetwork]) -> bool:
     return any(ip in net for net in networks)
 
 
-class StatsServer:
+class StatsServer(LocalHttp):
+    label = "stats port"
+
     def __init__(
         self, endpoint: Endpoint, source: Source, allow: Sequence[IPNetwork] = ()
     ) -> None:
-        self.endpoint = endpoint
+        super().__init__(endpoint, log)
         self.source = source
         self.allow: Sequence[IPNetwork] = tuple(allow) or DEFAULT_ALLOW
-        self._server: StreamServer | None = None
-        self.shortages = ThrottledLog(log)
 
-    async def start(self) -> None:
-        host, port = self.endpoint
-        server = StreamServer(self._handle, self._shortage)
-        await server.start(host, port)
-        self._server = server
-
-    def _shortage(self, exc: OSError) -> None:
-        self.shortages.log(logging.WARNING, "fds", f"stats port: out of file descriptors "
-                           f"({exc.strerror or exc}); requests wait")  # fmt: skip
-
-    @property
-    def address(self) -> Endpoint:
-        assert self._server is not None
-        name = self._server.sockets[0].getsockname()
-        return name[0], name[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def respond(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
         try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
-                return
-            if len(head) > MAX_REQUEST:
-                return
-            # The request is read first even when refused: closing with unread bytes
-            # would reset the connection before the client sees the 403.
-            peer = writer.get_extra_info("peername")
-            if not peer or not allowed(peer[0], self.allow):
-                await self._reply(writer, 403, "text/plain", b"forbidden\n")
-                return
-            parts = head.split(b"\r\n", 1)[0].split()
-            if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
-                await self._reply(writer, 405, "text/plain", b"only GET\n")
-                return
-            path = parts[1].split(b"?", 1)[0]
-            if path == b"/stats":
-                view = await self.source()
-                body = render_tsv(
-                    view.snapshot, pid=view.pid, started=view.started, workers=view.workers
-                ).encode()
-                kind = "text/plain; charset=utf-8"
-            elif path == b"/metrics":
-                view = await self.source()
-                registry = CollectorRegistry(auto_describe=False)
-                registry.register(MetricsCollector(view))
-                body = generate_latest(registry)
-                kind = CONTENT_TYPE_LATEST
-            else:
-                await self._reply(writer, 404, "text/plain", b"try /stats or /metrics\n")
-                return
-            await self._reply(writer, 200, kind, b"" if parts[0] == b"HEAD" else body, len(body))
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
-
-    @staticmethod
-    async def _reply(
-        writer: asyncio.StreamWriter, status: int, kind: str, body: bytes, length: int = -1
-    ) -> None:
-        reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
-        head = (
-            f"HTTP/1.1 {status} {reason[status]}\r\nContent-Type: {kind}\r\n"
-            f"Content-Length: {len(body) if length < 0 else length}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        writer.write(head.encode() + body)
-        await writer.drain()
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
+            return None
+        if len(head) > MAX_REQUEST:
+            return None
+        # The request is read first even when refused: closing with unread bytes
+        # would reset the connection before the client sees the 403.
+        peer = writer.get_extra_info("peername")
+        if not peer or not allowed(peer[0], self.allow):
+            return response(403, "text/plain", b"forbidden\n")
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+            return response(405, "text/plain", b"only GET\n")
+        path = parts[1].split(b"?", 1)[0]
+        if path == b"/stats":
+            view = await self.source()
+            body = render_tsv(
+                view.snapshot, pid=view.pid, started=view.started, workers=view.workers
+            ).encode()
+            kind = "text/plain; charset=utf-8"
+        elif path == b"/metrics":
+            view = await self.source()
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(MetricsCollector(view))
+            body = generate_latest(registry)
+            kind = CONTENT_TYPE_LATEST
+        else:
+            return response(404, "text/plain", b"try /stats or /metrics\n")
+        return response(200, kind, b"" if parts[0] == b"HEAD" else body, length=len(body))
 
 
 # -- Prometheus ------------------------------------------------------------------------------
