@@ -8,16 +8,15 @@ decoded with zxing-cpp, an independent QR reader.
 
 from __future__ import annotations
 
-import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zxingcpp
+from fakes.web import ThreadedWeb
 
 from mtproxy.app import format_links
 from mtproxy.cli.links import qr_matrix, render_half_blocks
@@ -234,29 +233,10 @@ def test_bad_port(tmp_path: Path) -> None:
     assert "--port" in result.stderr
 
 
-class _IpHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"203.0.113.55\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def ip_service() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IpHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/ip"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with ThreadedWeb({"/ip": (200, b"203.0.113.55\n")}).running() as web:
+        yield web.url("/ip")
 
 
 def test_host_is_detected_without_public_host(tmp_path: Path, ip_service: str) -> None:

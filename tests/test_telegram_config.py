@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes.web import ThreadedWeb
 
 from mtproxy.protocol.proxy_config import MAX_CONFIG_BYTES
 from mtproxy.telegram_config import (
@@ -23,42 +22,13 @@ OLD_CONFIG = b"proxy_for 2 91.108.56.1:8888;\n"
 HTML = b"<html><body>oops</body></html>"
 
 
-class Web:
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes]] = {}
-        routes = self.routes
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body = routes.get(self.path, (404, b""))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-
 @pytest.fixture
-def web() -> Iterator[Web]:
-    fake = Web()
-    thread = threading.Thread(target=fake.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+def web() -> Iterator[ThreadedWeb]:
+    with ThreadedWeb().running() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        thread.join(5)
 
 
-def test_good_download_is_saved(tmp_path: Path, web: Web) -> None:
+def test_good_download_is_saved(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/c"] = (200, CONFIG)
     cache = tmp_path / "sub" / "proxy-config"
     stale: list[str] = []
@@ -70,7 +40,7 @@ def test_good_download_is_saved(tmp_path: Path, web: Web) -> None:
 
 @pytest.mark.parametrize("answer", [(404, b""), (200, HTML), (200, b"proxy_for 2")])
 def test_bad_download_uses_the_saved_copy(
-    tmp_path: Path, web: Web, answer: tuple[int, bytes]
+    tmp_path: Path, web: ThreadedWeb, answer: tuple[int, bytes]
 ) -> None:
     web.routes["/c"] = answer
     cache = tmp_path / "proxy-config"
@@ -83,18 +53,18 @@ def test_bad_download_uses_the_saved_copy(
     assert cache.read_bytes() == OLD_CONFIG
 
 
-def test_no_download_and_no_copy(tmp_path: Path, web: Web) -> None:
+def test_no_download_and_no_copy(tmp_path: Path, web: ThreadedWeb) -> None:
     with pytest.raises(FetchError, match=r"HTTP 404.*no saved copy"):
         fetch_with_cache(web.url("/missing"), tmp_path / "c", validate_config)
 
 
-def test_no_download_and_a_bad_copy(tmp_path: Path, web: Web) -> None:
+def test_no_download_and_a_bad_copy(tmp_path: Path, web: ThreadedWeb) -> None:
     (tmp_path / "s").write_bytes(b"\x00" * 64)
     with pytest.raises(FetchError, match="unusable too"):
         fetch_with_cache(web.url("/missing"), tmp_path / "s", validate_secret)
 
 
-def test_unsaveable_download_is_still_returned(tmp_path: Path, web: Web) -> None:
+def test_unsaveable_download_is_still_returned(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/s"] = (200, bytes(range(1, 129)))
     cache = tmp_path / "proxy-secret"
     cache.mkdir()
@@ -104,7 +74,7 @@ def test_unsaveable_download_is_still_returned(tmp_path: Path, web: Web) -> None
     assert len(unsaved) == 1 and "cannot save" in unsaved[0]
 
 
-def test_oversized_download_is_refused(web: Web) -> None:
+def test_oversized_download_is_refused(web: ThreadedWeb) -> None:
     web.routes["/big"] = (200, b"#" * (MAX_CONFIG_BYTES + 1))
     with pytest.raises(FetchError, match="more than"):
         download(web.url("/big"))
@@ -115,21 +85,21 @@ def test_unreachable_server() -> None:
         download("http://127.0.0.1:1/x", timeout=2)
 
 
-def test_unsaveable_download_without_a_callback(tmp_path: Path, web: Web) -> None:
+def test_unsaveable_download_without_a_callback(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/s"] = (200, bytes(range(1, 129)))
     cache = tmp_path / "proxy-secret"
     cache.mkdir()
     assert fetch_with_cache(web.url("/s"), cache, validate_secret) == bytes(range(1, 129))
 
 
-def test_saved_copy_used_silently_without_a_callback(tmp_path: Path, web: Web) -> None:
+def test_saved_copy_used_silently_without_a_callback(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/c"] = (503, b"")
     cache = tmp_path / "proxy-config"
     cache.write_bytes(OLD_CONFIG)
     assert fetch_with_cache(web.url("/c"), cache, validate_config) == OLD_CONFIG
 
 
-def test_unreadable_saved_copy_is_named(tmp_path: Path, web: Web) -> None:
+def test_unreadable_saved_copy_is_named(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/c"] = (200, HTML)
     cache = tmp_path / "proxy-config"
     cache.mkdir()  # exists, but reading it fails

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import os
 import re
 import signal
@@ -19,12 +18,12 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fakes import TAG_INTERMEDIATE, FakeDC, echo_handler, open_obfs2
+from fakes.web import ThreadedWeb
 from system_tools import network_namespace
 
 from mtproxy.cli import entrypoint as ep
@@ -58,47 +57,15 @@ KNOWN = {opt.field for opt in OPTIONS}
 # --- local stand-ins for Telegram and the IP services ------------------------------------
 
 
-class FakeWeb:
-    """A loopback HTTP server with settable answers per path; counts the requests."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes]] = {
-            "/getProxyConfig": (200, CONFIG),
-            "/getProxySecret": (200, PROXY_SECRET),
-            "/ip": (200, f"{EXTERNAL}\n".encode()),
-        }
-        self.hits: dict[str, int] = {}
-        web = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                web.hits[self.path] = web.hits.get(self.path, 0) + 1
-                status, body = web.routes.get(self.path, (404, b"not found"))
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-
 @pytest.fixture
-def web() -> Iterator[FakeWeb]:
-    fake = FakeWeb()
-    fake.thread.start()
-    try:
+def web() -> Iterator[ThreadedWeb]:
+    routes = {
+        "/getProxyConfig": (200, CONFIG),
+        "/getProxySecret": (200, PROXY_SECRET),
+        "/ip": (200, f"{EXTERNAL}\n".encode()),
+    }
+    with ThreadedWeb(routes).running() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(5)
 
 
 def closed_port() -> int:
@@ -108,7 +75,7 @@ def closed_port() -> int:
     return port
 
 
-def environment(web: FakeWeb, **extra: str) -> dict[str, str]:
+def environment(web: ThreadedWeb, **extra: str) -> dict[str, str]:
     """A clean environment: none of the contract's variables unless given here."""
     env = {
         k: v
@@ -167,7 +134,7 @@ def leftovers(data_dir: Path) -> list[str]:
 # --- secrets --------------------------------------------------------------------------------
 
 
-def test_generates_persists_and_reuses_secrets(tmp_path: Path, web: FakeWeb) -> None:
+def test_generates_persists_and_reuses_secrets(tmp_path: Path, web: ThreadedWeb) -> None:
     first = entrypoint(tmp_path, environment(web, SECRET_COUNT="3"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "[+] No secret given: generating 3 random ones." in first.stdout
@@ -192,7 +159,7 @@ def test_generates_persists_and_reuses_secrets(tmp_path: Path, web: FakeWeb) -> 
     assert (tmp_path / "secret").read_text().strip().split(",") == stored
 
 
-def test_stored_secrets_work_from_a_read_only_volume(tmp_path: Path, web: FakeWeb) -> None:
+def test_stored_secrets_work_from_a_read_only_volume(tmp_path: Path, web: ThreadedWeb) -> None:
     """A volume left by the official image: its secret is readable, not writable."""
     (tmp_path / "secret").write_text(KEY.upper() + "\n")
     os.chmod(tmp_path / "secret", 0o444)
@@ -205,14 +172,14 @@ def test_stored_secrets_work_from_a_read_only_volume(tmp_path: Path, web: FakeWe
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def test_one_secret_by_default(tmp_path: Path, web: FakeWeb) -> None:
+def test_one_secret_by_default(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web))
     assert result.returncode == 0, result.stdout
     assert "generating 1 random one." in result.stdout
     assert len((tmp_path / "secret").read_text().strip().split(",")) == 1
 
 
-def test_same_secret_is_not_rewritten(tmp_path: Path, web: FakeWeb) -> None:
+def test_same_secret_is_not_rewritten(tmp_path: Path, web: ThreadedWeb) -> None:
     (tmp_path / "secret").write_text(KEY + "\n")
     before = (tmp_path / "secret").stat()
     result = entrypoint(tmp_path, environment(web, SECRET=KEY.upper()))
@@ -221,7 +188,7 @@ def test_same_secret_is_not_rewritten(tmp_path: Path, web: FakeWeb) -> None:
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def test_corrupt_secret_file_is_replaced_by_the_variable(tmp_path: Path, web: FakeWeb) -> None:
+def test_corrupt_secret_file_is_replaced_by_the_variable(tmp_path: Path, web: ThreadedWeb) -> None:
     (tmp_path / "secret").write_text("garbage\n")
     result = entrypoint(tmp_path, environment(web, SECRET=KEY))
     assert result.returncode == 0, result.stdout
@@ -229,7 +196,7 @@ def test_corrupt_secret_file_is_replaced_by_the_variable(tmp_path: Path, web: Fa
 
 
 def test_secret_variable_is_lower_cased_stored_and_beats_the_file(
-    tmp_path: Path, web: FakeWeb
+    tmp_path: Path, web: ThreadedWeb
 ) -> None:
     (tmp_path / "secret").write_text(KEY2 + "\n")
     given = f"{KEY.upper()}, {KEY2.upper()}"
@@ -241,7 +208,7 @@ def test_secret_variable_is_lower_cased_stored_and_beats_the_file(
     assert f" --secret {KEY} --secret {KEY2} " in runs_as(result.stdout)
 
 
-def test_sixteen_secrets_are_fine(tmp_path: Path, web: FakeWeb) -> None:
+def test_sixteen_secrets_are_fine(tmp_path: Path, web: ThreadedWeb) -> None:
     keys = [f"{i:032x}" for i in range(1, 17)]
     result = entrypoint(tmp_path, environment(web, SECRET=",".join(keys)))
     assert result.returncode == 0, result.stdout
@@ -260,7 +227,7 @@ def test_sixteen_secrets_are_fine(tmp_path: Path, web: FakeWeb) -> None:
         "dd" + KEY,
     ],
 )
-def test_bad_secret_exits_1(tmp_path: Path, web: FakeWeb, secret: str) -> None:
+def test_bad_secret_exits_1(tmp_path: Path, web: ThreadedWeb, secret: str) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=secret))
     assert result.returncode == 1
     line = fatal(result)
@@ -270,19 +237,19 @@ def test_bad_secret_exits_1(tmp_path: Path, web: FakeWeb, secret: str) -> None:
 
 
 @pytest.mark.parametrize("count", ["0", "17", "-1", "two"])
-def test_secret_count_out_of_range_exits_5(tmp_path: Path, web: FakeWeb, count: str) -> None:
+def test_secret_count_out_of_range_exits_5(tmp_path: Path, web: ThreadedWeb, count: str) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET_COUNT=count))
     assert result.returncode == 5
     assert "SECRET_COUNT" in fatal(result) and "16" in fatal(result)
     assert not (tmp_path / "secret").exists()
 
 
-def test_secret_count_is_ignored_when_a_secret_is_given(tmp_path: Path, web: FakeWeb) -> None:
+def test_secret_count_is_ignored_when_a_secret_is_given(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, SECRET_COUNT="99"))
     assert result.returncode == 0, result.stdout
 
 
-def test_corrupt_secret_file_exits_1(tmp_path: Path, web: FakeWeb) -> None:
+def test_corrupt_secret_file_exits_1(tmp_path: Path, web: ThreadedWeb) -> None:
     (tmp_path / "secret").write_text("not,a,secret\n")
     result = entrypoint(tmp_path, environment(web))
     assert result.returncode == 1
@@ -307,7 +274,7 @@ def test_secret_file_is_replaced_atomically(
     assert "[!] cannot write" in capsys.readouterr().out
 
 
-def test_unwritable_data_dir_warns_and_continues(tmp_path: Path, web: FakeWeb) -> None:
+def test_unwritable_data_dir_warns_and_continues(tmp_path: Path, web: ThreadedWeb) -> None:
     """Like a volume left by the official image (root's files, we are not root): a
     secret that cannot be saved is a warning; a download that cannot be saved is used
     from a temporary copy, removed again at exit."""
@@ -324,7 +291,7 @@ def test_unwritable_data_dir_warns_and_continues(tmp_path: Path, web: FakeWeb) -
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_secret_flags_add_to_the_variable(tmp_path: Path, web: FakeWeb) -> None:
+def test_secret_flags_add_to_the_variable(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY), "-S", KEY2.upper(), "-S", KEY)
     assert result.returncode == 0, result.stdout
     assert f"[+] Using the secrets passed in SECRET and -S: '{KEY},{KEY2}'." in result.stdout
@@ -334,7 +301,7 @@ def test_secret_flags_add_to_the_variable(tmp_path: Path, web: FakeWeb) -> None:
 # --- tag and Telegram's files -----------------------------------------------------------------
 
 
-def test_bad_tag_warns_and_continues_without(tmp_path: Path, web: FakeWeb) -> None:
+def test_bad_tag_warns_and_continues_without(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG="nothex"))
     assert result.returncode == 0, result.stdout
     assert "[+] Using the ad tag passed in TAG: 'nothex'." in result.stdout
@@ -346,7 +313,7 @@ def test_bad_tag_warns_and_continues_without(tmp_path: Path, web: FakeWeb) -> No
     assert "/getProxyConfig" not in web.hits
 
 
-def test_tag_fetches_and_caches_telegram_files(tmp_path: Path, web: FakeWeb) -> None:
+def test_tag_fetches_and_caches_telegram_files(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG.upper()))
     assert result.returncode == 0, result.stdout
     assert f"[*]   Tag: {TAG}" in result.stdout
@@ -361,14 +328,14 @@ def test_tag_fetches_and_caches_telegram_files(tmp_path: Path, web: FakeWeb) -> 
     check_option(result.stdout, "nat_info", f"{INTERNAL}:{EXTERNAL}")
 
 
-def test_middle_proxy_on_without_tag_fetches(tmp_path: Path, web: FakeWeb) -> None:
+def test_middle_proxy_on_without_tag_fetches(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, MIDDLE_PROXY="on"))
     assert result.returncode == 0, result.stdout
     assert web.hits["/getProxyConfig"] == 1
     assert "[*]   Tag: no tag" in result.stdout
 
 
-def test_middle_proxy_off_ignores_the_tag_for_fetching(tmp_path: Path, web: FakeWeb) -> None:
+def test_middle_proxy_off_ignores_the_tag_for_fetching(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG, MIDDLE_PROXY="off"))
     assert result.returncode == 0, result.stdout
     assert web.hits.get("/getProxyConfig") is None
@@ -381,7 +348,7 @@ def test_middle_proxy_off_ignores_the_tag_for_fetching(tmp_path: Path, web: Fake
     ids=["html", "404", "500", "empty", "truncated", "garbage"],
 )
 def test_unusable_config_without_cache_exits_2(
-    tmp_path: Path, web: FakeWeb, answer: tuple[int, bytes]
+    tmp_path: Path, web: ThreadedWeb, answer: tuple[int, bytes]
 ) -> None:
     web.routes["/getProxyConfig"] = answer
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG))
@@ -390,14 +357,16 @@ def test_unusable_config_without_cache_exits_2(
     assert not (tmp_path / "proxy-config").exists()
 
 
-def test_unreachable_config_server_exits_2(tmp_path: Path, web: FakeWeb) -> None:
+def test_unreachable_config_server_exits_2(tmp_path: Path, web: ThreadedWeb) -> None:
     url = f"http://127.0.0.1:{closed_port()}/getProxyConfig"
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG, PROXY_CONFIG_URL=url))
     assert result.returncode == 2
     assert "proxy configuration" in fatal(result)
 
 
-def test_middle_fallback_on_starts_without_telegram_s_files(tmp_path: Path, web: FakeWeb) -> None:
+def test_middle_fallback_on_starts_without_telegram_s_files(
+    tmp_path: Path, web: ThreadedWeb
+) -> None:
     """MIDDLE_FALLBACK=on: no config and no secret at start is a warning, and the proxy
     gets the URLs to keep trying while it serves clients directly."""
     url = f"http://127.0.0.1:{closed_port()}/"
@@ -411,7 +380,7 @@ def test_middle_fallback_on_starts_without_telegram_s_files(tmp_path: Path, web:
     assert f"--proxy-config {url}getProxyConfig" in runs_as(result.stdout)
 
 
-def test_the_mask_host_from_a_variable_or_a_flag(tmp_path: Path, web: FakeWeb) -> None:
+def test_the_mask_host_from_a_variable_or_a_flag(tmp_path: Path, web: ThreadedWeb) -> None:
     env = environment(web, SECRET=KEY, MASK="127.0.0.1:8443")
     assert "--mask 127.0.0.1:8443" in runs_as(entrypoint(tmp_path, env).stdout)
     flag = entrypoint(tmp_path, env, "--mask", "off")
@@ -421,7 +390,7 @@ def test_the_mask_host_from_a_variable_or_a_flag(tmp_path: Path, web: FakeWeb) -
     assert fatal(bad).startswith("[F] MASK: ")
 
 
-def test_middle_fallback_off_and_bad_values(tmp_path: Path, web: FakeWeb) -> None:
+def test_middle_fallback_off_and_bad_values(tmp_path: Path, web: ThreadedWeb) -> None:
     off = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG, MIDDLE_FALLBACK="off"))
     assert off.returncode == 0, off.stdout
     assert "--no-middle-fallback" in runs_as(off.stdout)
@@ -433,7 +402,7 @@ def test_middle_fallback_off_and_bad_values(tmp_path: Path, web: FakeWeb) -> Non
     assert "MIDDLE_FALLBACK='maybe': write on or off." in fatal(bad)
 
 
-def test_unusable_config_falls_back_to_the_saved_copy(tmp_path: Path, web: FakeWeb) -> None:
+def test_unusable_config_falls_back_to_the_saved_copy(tmp_path: Path, web: ThreadedWeb) -> None:
     saved = b"proxy_for 2 91.108.56.1:8888;\n"
     (tmp_path / "proxy-config").write_bytes(saved)
     web.routes["/getProxyConfig"] = (200, HTML)
@@ -444,7 +413,7 @@ def test_unusable_config_falls_back_to_the_saved_copy(tmp_path: Path, web: FakeW
     assert (tmp_path / "proxy-config").read_bytes() == saved
 
 
-def test_corrupt_saved_config_does_not_count(tmp_path: Path, web: FakeWeb) -> None:
+def test_corrupt_saved_config_does_not_count(tmp_path: Path, web: ThreadedWeb) -> None:
     (tmp_path / "proxy-config").write_bytes(HTML)
     web.routes["/getProxyConfig"] = (503, b"")
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG))
@@ -452,7 +421,7 @@ def test_corrupt_saved_config_does_not_count(tmp_path: Path, web: FakeWeb) -> No
     assert "unusable too" in fatal(result)
 
 
-def test_good_download_replaces_the_saved_copy(tmp_path: Path, web: FakeWeb) -> None:
+def test_good_download_replaces_the_saved_copy(tmp_path: Path, web: ThreadedWeb) -> None:
     (tmp_path / "proxy-config").write_bytes(b"proxy_for 2 91.108.56.1:8888;\n")
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG))
     assert result.returncode == 0, result.stdout
@@ -465,7 +434,7 @@ def test_good_download_replaces_the_saved_copy(tmp_path: Path, web: FakeWeb) -> 
     ids=["html", "404", "short", "zero-selector", "long"],
 )
 def test_unusable_proxy_secret_without_cache_exits_5(
-    tmp_path: Path, web: FakeWeb, answer: tuple[int, bytes]
+    tmp_path: Path, web: ThreadedWeb, answer: tuple[int, bytes]
 ) -> None:
     web.routes["/getProxySecret"] = answer
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG))
@@ -474,7 +443,9 @@ def test_unusable_proxy_secret_without_cache_exits_5(
     assert not (tmp_path / "proxy-secret").exists()
 
 
-def test_unusable_proxy_secret_falls_back_to_the_saved_copy(tmp_path: Path, web: FakeWeb) -> None:
+def test_unusable_proxy_secret_falls_back_to_the_saved_copy(
+    tmp_path: Path, web: ThreadedWeb
+) -> None:
     (tmp_path / "proxy-secret").write_bytes(PROXY_SECRET[::-1])
     web.routes["/getProxySecret"] = (500, b"")
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, TAG=TAG))
@@ -484,7 +455,7 @@ def test_unusable_proxy_secret_falls_back_to_the_saved_copy(tmp_path: Path, web:
 
 
 def test_official_config_file_and_aes_pwd_are_used_instead_of_downloads(
-    tmp_path: Path, web: FakeWeb
+    tmp_path: Path, web: ThreadedWeb
 ) -> None:
     files = tmp_path / "etc"
     files.mkdir()
@@ -502,7 +473,7 @@ def test_official_config_file_and_aes_pwd_are_used_instead_of_downloads(
     check_option(result.stdout, "proxy_secret", str(files / "proxy-secret"))
 
 
-def test_official_files_without_a_tag_are_not_needed(tmp_path: Path, web: FakeWeb) -> None:
+def test_official_files_without_a_tag_are_not_needed(tmp_path: Path, web: ThreadedWeb) -> None:
     conf = tmp_path / "proxy-multi.conf"
     conf.write_bytes(HTML)  # not even read
     result = entrypoint(tmp_path / "data", environment(web), "-S", KEY, "--aes-pwd",
@@ -515,7 +486,7 @@ def test_official_files_without_a_tag_are_not_needed(tmp_path: Path, web: FakeWe
     assert web.hits == {"/ip": 1}
 
 
-def test_official_config_file_that_is_html_exits_2(tmp_path: Path, web: FakeWeb) -> None:
+def test_official_config_file_that_is_html_exits_2(tmp_path: Path, web: ThreadedWeb) -> None:
     conf = tmp_path / "proxy-multi.conf"
     conf.write_bytes(HTML)
     result = entrypoint(tmp_path / "data", environment(web), "-S", KEY, "-P", TAG, str(conf))
@@ -526,7 +497,7 @@ def test_official_config_file_that_is_html_exits_2(tmp_path: Path, web: FakeWeb)
 # --- addresses --------------------------------------------------------------------------------
 
 
-def test_external_ip_is_detected_past_broken_services(tmp_path: Path, web: FakeWeb) -> None:
+def test_external_ip_is_detected_past_broken_services(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/html"] = (200, HTML)
     web.routes["/v6"] = (200, b"2001:db8::5\n")
     web.routes["/err"] = (500, b"")
@@ -540,7 +511,7 @@ def test_external_ip_is_detected_past_broken_services(tmp_path: Path, web: FakeW
     assert f"[*]   External IP: {EXTERNAL}" in result.stdout
 
 
-def test_no_usable_ip_service_exits_3(tmp_path: Path, web: FakeWeb) -> None:
+def test_no_usable_ip_service_exits_3(tmp_path: Path, web: ThreadedWeb) -> None:
     web.routes["/ip"] = (200, HTML)
     web.routes["/err"] = (502, b"")
     services = f"{web.url('/ip')},{web.url('/err')},http://127.0.0.1:{closed_port()}/"
@@ -549,7 +520,7 @@ def test_no_usable_ip_service_exits_3(tmp_path: Path, web: FakeWeb) -> None:
     assert "external IP" in fatal(result) and "EXTERNAL_IP" in fatal(result)
 
 
-def test_slow_ip_service_times_out(tmp_path: Path, web: FakeWeb) -> None:
+def test_slow_ip_service_times_out(tmp_path: Path, web: ThreadedWeb) -> None:
     """A service that accepts but never answers costs IP_TIMEOUT, not forever."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -560,7 +531,7 @@ def test_slow_ip_service_times_out(tmp_path: Path, web: FakeWeb) -> None:
     assert result.returncode == 3
 
 
-def test_given_external_ip_is_not_detected(tmp_path: Path, web: FakeWeb) -> None:
+def test_given_external_ip_is_not_detected(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, EXTERNAL_IP="198.51.100.4"))
     assert result.returncode == 0, result.stdout
     assert "[+] Using the external IP passed in EXTERNAL_IP: 198.51.100.4." in result.stdout
@@ -570,19 +541,19 @@ def test_given_external_ip_is_not_detected(tmp_path: Path, web: FakeWeb) -> None
 
 
 @pytest.mark.parametrize("value", ["not an ip!", "300.1.2.3.4."])
-def test_bad_external_ip_exits_3(tmp_path: Path, web: FakeWeb, value: str) -> None:
+def test_bad_external_ip_exits_3(tmp_path: Path, web: ThreadedWeb, value: str) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, EXTERNAL_IP=value))
     assert result.returncode == 3
     assert "EXTERNAL_IP" in fatal(result)
 
 
-def test_bad_internal_ip_exits_4(tmp_path: Path, web: FakeWeb) -> None:
+def test_bad_internal_ip_exits_4(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, INTERNAL_IP="10.0.0"))
     assert result.returncode == 4
     assert "INTERNAL_IP" in fatal(result)
 
 
-def test_internal_ip_is_the_outbound_interface(tmp_path: Path, web: FakeWeb) -> None:
+def test_internal_ip_is_the_outbound_interface(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, INTERNAL_IP="<unset>"))
     expected = local_outbound_ip()
     if expected is None:  # a host without any route out: the contract says exit 4
@@ -593,7 +564,7 @@ def test_internal_ip_is_the_outbound_interface(tmp_path: Path, web: FakeWeb) -> 
         assert f"[*]   Internal IP: {expected}" in result.stdout
 
 
-def test_no_route_out_exits_4(tmp_path: Path, web: FakeWeb) -> None:
+def test_no_route_out_exits_4(tmp_path: Path, web: ThreadedWeb) -> None:
     """In a network namespace with no interface up there is no internal address."""
     netns = network_namespace()
     env = environment(web, SECRET=KEY, EXTERNAL_IP=EXTERNAL, INTERNAL_IP="<unset>")
@@ -602,7 +573,7 @@ def test_no_route_out_exits_4(tmp_path: Path, web: FakeWeb) -> None:
     assert "internal IP" in fatal(result) and "INTERNAL_IP" in fatal(result)
 
 
-def test_nat_info_needs_ipv4_on_both_sides(tmp_path: Path, web: FakeWeb) -> None:
+def test_nat_info_needs_ipv4_on_both_sides(tmp_path: Path, web: ThreadedWeb) -> None:
     env = environment(web, SECRET=KEY, TAG=TAG, EXTERNAL_IP="proxy.example.com")
     result = entrypoint(tmp_path, env)
     assert result.returncode == 0, result.stdout
@@ -613,7 +584,7 @@ def test_nat_info_needs_ipv4_on_both_sides(tmp_path: Path, web: FakeWeb) -> None
 # --- the official flags and the other variables --------------------------------------------
 
 
-def test_official_flags_are_translated(tmp_path: Path, web: FakeWeb) -> None:
+def test_official_flags_are_translated(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(
         tmp_path, environment(web, SECRET="<unset>"),
         "-H", "4443,4444", "-p", "8888", "-M", "2", "-S", KEY, "-P", TAG, "-C", "60000",
@@ -636,7 +607,7 @@ def test_official_flags_are_translated(tmp_path: Path, web: FakeWeb) -> None:
     check_option(out, "nat_info", "10.0.0.1:198.51.100.1")
 
 
-def test_domain_flag_means_fake_tls_only(tmp_path: Path, web: FakeWeb) -> None:
+def test_domain_flag_means_fake_tls_only(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY), "-D", "cdn.example.org")
     assert result.returncode == 0, result.stdout
     ee = "ee" + KEY + b"cdn.example.org".hex()
@@ -647,7 +618,7 @@ def test_domain_flag_means_fake_tls_only(tmp_path: Path, web: FakeWeb) -> None:
     assert " --tls-domain cdn.example.org " in runs_as(result.stdout)
 
 
-def test_all_modes_print_classic_first(tmp_path: Path, web: FakeWeb) -> None:
+def test_all_modes_print_classic_first(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY))
     assert result.returncode == 0, result.stdout
     links = [ln for ln in result.stdout.splitlines() if "link for secret 1" in ln]
@@ -657,7 +628,7 @@ def test_all_modes_print_classic_first(tmp_path: Path, web: FakeWeb) -> None:
     assert "(fake TLS, www.google.com)" in links[4]
 
 
-def test_variables_beat_the_flags_of_the_image_cmd(tmp_path: Path, web: FakeWeb) -> None:
+def test_variables_beat_the_flags_of_the_image_cmd(tmp_path: Path, web: ThreadedWeb) -> None:
     env = environment(web, SECRET=KEY, PORT="5443", STATS_PORT="9999", WORKERS="4",
                       STATS_HOST="127.0.0.1")
     result = entrypoint(tmp_path, env, "-p", "2398", "-H", "443", "-M", "1")
@@ -669,7 +640,7 @@ def test_variables_beat_the_flags_of_the_image_cmd(tmp_path: Path, web: FakeWeb)
     check_option(result.stdout, "workers", "4")
 
 
-def test_defaults_without_flags(tmp_path: Path, web: FakeWeb) -> None:
+def test_defaults_without_flags(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY))
     assert result.returncode == 0, result.stdout
     assert " --listen 0.0.0.0:443 " in runs_as(result.stdout)
@@ -678,7 +649,7 @@ def test_defaults_without_flags(tmp_path: Path, web: FakeWeb) -> None:
     assert not [ln for ln in result.stdout.splitlines() if ln.startswith("[!]")]
 
 
-def test_external_port_changes_only_the_links(tmp_path: Path, web: FakeWeb) -> None:
+def test_external_port_changes_only_the_links(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, EXTERNAL_PORT="8443"),
                         "-H", "443")
     assert result.returncode == 0, result.stdout
@@ -686,7 +657,7 @@ def test_external_port_changes_only_the_links(tmp_path: Path, web: FakeWeb) -> N
     assert " --listen 0.0.0.0:443 " in runs_as(result.stdout)
 
 
-def test_debug_is_verbose(tmp_path: Path, web: FakeWeb) -> None:
+def test_debug_is_verbose(tmp_path: Path, web: ThreadedWeb) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, DEBUG="1"))
     assert result.returncode == 0, result.stdout
     assert " --log-level DEBUG " in runs_as(result.stdout)
@@ -697,7 +668,7 @@ def test_debug_is_verbose(tmp_path: Path, web: FakeWeb) -> None:
     [("--bogus",), ("-S", "xyz"), ("-H", "http"), ("-H", "70000"), ("-P", "short"),
      ("-M", "many"), ("a.conf", "b.conf")],
 )
-def test_bad_flags_exit_2(tmp_path: Path, web: FakeWeb, args: tuple[str, ...]) -> None:
+def test_bad_flags_exit_2(tmp_path: Path, web: ThreadedWeb, args: tuple[str, ...]) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY), *args)
     assert result.returncode == 2
     fatal(result)
@@ -707,13 +678,13 @@ def test_bad_flags_exit_2(tmp_path: Path, web: FakeWeb, args: tuple[str, ...]) -
     "env", [{"PORT": "0"}, {"WORKERS": "lots"}, {"STATS_PORT": "x"}, {"MIDDLE_PROXY": "maybe"},
             {"IP_SERVICES": "ftp://example.com"}],
 )
-def test_bad_variables_exit_2(tmp_path: Path, web: FakeWeb, env: dict[str, str]) -> None:
+def test_bad_variables_exit_2(tmp_path: Path, web: ThreadedWeb, env: dict[str, str]) -> None:
     result = entrypoint(tmp_path, environment(web, SECRET=KEY, **env))
     assert result.returncode == 2
     assert next(iter(env)) in fatal(result)
 
 
-def test_data_dir_variable(tmp_path: Path, web: FakeWeb) -> None:
+def test_data_dir_variable(tmp_path: Path, web: ThreadedWeb) -> None:
     env = environment(web, DATA_DIR=str(tmp_path / "volume"))
     result = subprocess.run(
         [sys.executable, "-m", "mtproxy", "entrypoint", "--dry-run"],
@@ -723,7 +694,7 @@ def test_data_dir_variable(tmp_path: Path, web: FakeWeb) -> None:
     assert (tmp_path / "volume" / "secret").exists()
 
 
-def test_run_mode_options_win_and_variables_fill_in(tmp_path: Path, web: FakeWeb) -> None:
+def test_run_mode_options_win_and_variables_fill_in(tmp_path: Path, web: ThreadedWeb) -> None:
     env = environment(web, SECRET=KEY2, EXTERNAL_IP="198.51.100.9", PORT="1234")
     result = entrypoint(tmp_path, env, "run", "--secret", f"dd{KEY}", "--listen",
                         "127.0.0.1:7443", "--modes", "secure")
@@ -741,7 +712,7 @@ def test_run_mode_options_win_and_variables_fill_in(tmp_path: Path, web: FakeWeb
     [(f'secrets = ["{KEY[:-1]}"]\n', 1), (f'secrets = ["{KEY}"]\nbacklog = "x"\n', 2),
      ("listen = [\n", 2)],
 )
-def test_run_mode_bad_config_file(tmp_path: Path, web: FakeWeb, config: str, code: int) -> None:
+def test_run_mode_bad_config_file(tmp_path: Path, web: ThreadedWeb, config: str, code: int) -> None:
     path = tmp_path / "mtproxy.toml"
     path.write_text(config)
     result = entrypoint(tmp_path / "data", environment(web), "run", "--config", str(path))
@@ -749,7 +720,7 @@ def test_run_mode_bad_config_file(tmp_path: Path, web: FakeWeb, config: str, cod
     assert str(path) in fatal(result)
 
 
-def test_run_mode_takes_secrets_from_the_config_file(tmp_path: Path, web: FakeWeb) -> None:
+def test_run_mode_takes_secrets_from_the_config_file(tmp_path: Path, web: ThreadedWeb) -> None:
     config = tmp_path / "mtproxy.toml"
     config.write_text(f'secrets = ["{KEY2}"]\npublic_host = "198.51.100.3"\n')
     result = entrypoint(tmp_path / "data", environment(web, SECRET=KEY), "run", "--config",
@@ -760,7 +731,7 @@ def test_run_mode_takes_secrets_from_the_config_file(tmp_path: Path, web: FakeWe
     assert web.hits.get("/ip") is None
 
 
-def test_generate_secret_passes_through(web: FakeWeb) -> None:
+def test_generate_secret_passes_through(web: ThreadedWeb) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mtproxy", "entrypoint", "generate-secret", "--tls", "a.example"],
         env=environment(web), capture_output=True, text=True, timeout=60,
@@ -901,7 +872,7 @@ def environment_plain(**extra: str) -> dict[str, str]:
 # --- container defaults: modes, drain time, the data directory --------------------------------
 
 
-def test_all_modes_are_on_and_passed_explicitly(tmp_path: Path, web: FakeWeb) -> None:
+def test_all_modes_are_on_and_passed_explicitly(tmp_path: Path, web: ThreadedWeb) -> None:
     """`mtproxy run` alone may default to fewer modes; the container keeps the official
     behaviour (classic and dd links too) by passing them all."""
     official = entrypoint(tmp_path, environment(web, SECRET=KEY))
@@ -931,7 +902,7 @@ def test_links_show_every_mode_the_container_serves(tmp_path: Path) -> None:
         assert f"https://t.me/proxy?{query}{secret}" in result.stdout
 
 
-def test_drain_fits_in_docker_stop(tmp_path: Path, web: FakeWeb) -> None:
+def test_drain_fits_in_docker_stop(tmp_path: Path, web: ThreadedWeb) -> None:
     default = entrypoint(tmp_path, environment(web, SECRET=KEY))
     assert default.returncode == 0, default.stdout
     assert " --shutdown-grace 8 " in runs_as(default.stdout)  # docker stop waits 10 s
@@ -946,7 +917,7 @@ def test_drain_fits_in_docker_stop(tmp_path: Path, web: FakeWeb) -> None:
     assert "SHUTDOWN_GRACE" in fatal(bad)
 
 
-def test_a_new_secret_that_cannot_be_kept_stops_the_start(tmp_path: Path, web: FakeWeb) -> None:
+def test_a_new_secret_that_cannot_be_kept_stops_the_start(tmp_path: Path, web: ThreadedWeb) -> None:
     """Every start would make another secret and break the links: exit 6, one line."""
     (tmp_path / "file").write_text("not a directory\n")
     data = tmp_path / "file" / "data"
