@@ -173,7 +173,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         #: Client bytes relayed each way in this session (for its log line).
         self.bytes_in = 0
         self.bytes_out = 0
-        #: The handler of received bytes for the session's phase (see _HANDLERS).
+        #: The handler of received bytes for the session's phase (see _handler).
         self.on_data: Callable[[memoryview], None] = self._opening_data
         self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task[None] | None = None
@@ -266,10 +266,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
-        if self.accepted is not None:
-            # Its early bytes, copied tails and the like are freed now: many sessions
-            # ending (a burst of stalled ones, say) would leave the process that big.
-            self.buffers.trim_soon()
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -278,6 +274,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self.mask_peer is not None and self.mask_peer is not self.upstream:
             self.mask_peer.close(abort=True)
         if self.accepted is not None:
+            # Its early bytes, copied tails and the like are freed now: many sessions
+            # ending (a burst of stalled ones, say) would leave the process that big.
+            self.buffers.trim_soon()
             self._log_end()
         self.server.session_closed(self)
 
