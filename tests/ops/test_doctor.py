@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from system_tools import unavailable
 
 from mtproxy.config.settings import Settings, load_settings
 from mtproxy.ops.bound import write_bound
@@ -273,7 +274,7 @@ def roomy_fd_limit() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if wanted < 8192:
-        pytest.skip(f"hard descriptor limit {hard} is below what the healthy set-up needs")
+        unavailable(f"hard descriptor limit {hard} is below what the healthy set-up needs")
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     try:
         yield

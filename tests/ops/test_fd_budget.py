@@ -20,6 +20,7 @@ from fakes import TAG_INTERMEDIATE, FakeDC, ObfsStream, open_obfs2, packet_echo_
 from fakes.middle_end import FakeMiddleEnd
 from fakes.obfs import TAG_PADDED
 from middle.harness import CLIENT_SECRET, PROXY_SECRET, packet, write_inputs
+from system_tools import unavailable
 
 from mtproxy.ops.fds import RESERVE, Budget, middle_links, plan
 from ops.helpers import SECRET, ProxyProc, connect, echo_ok
@@ -47,7 +48,7 @@ def roomy_test_process() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 16384)
     if wanted < 4096:
-        pytest.skip(f"hard descriptor limit {hard} is too low for the flood's clients")
+        unavailable(f"hard descriptor limit {hard} is too low for the flood's clients")
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     try:
         yield
