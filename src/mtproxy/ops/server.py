@@ -205,6 +205,7 @@ class OpsServer(ProxyServer):
 
     def _use_server_hello(self, shape: ServerHelloShape) -> None:
         self.policy = dataclasses.replace(self.policy, server_hello=shape)
+
     def _shape(self, settings: Settings) -> None:
         """Rate limits: each worker shapes an equal share of a user's rate.
 

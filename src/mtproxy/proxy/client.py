@@ -650,7 +650,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._over_quota(user)
             return True
         if user.shaper is not None:
-            user.shaper.charge()
+            user.shaper.charge(self)
         else:
             user.rate_mark = NO_LIMIT
             user.rearm()

@@ -12,10 +12,20 @@ last charge out of the buckets. A bucket in debt throttles its direction for all
 the user's sessions in this process at once: uploads by pausing the client sockets,
 downloads by pausing the upstream sockets (in middle-proxy mode, where an upstream
 is shared, by pausing the client's requests instead). A timer resumes them when the
-debt is paid and enough tokens are back for one read of every session: they pause and
-resume together, their reads are cut to a size that suits the rate
-(:attr:`Bucket.chunk`), and each gets its turn in the event loop's next round, so
-they share the rate. The achieved rate is exact over seconds, bursty below.
+debt is paid and enough tokens are back for one read of every session.
+
+Sharing among the sessions of a user is by turns, not left to the event loop: a
+loop may serve many reads of one socket before it looks at the next (uvloop's
+libuv reads a socket again and again while each read fills the buffer), so the
+first session resumed would take all the tokens, round after round. Reads of a
+shaped direction are cut to a sixteenth of a second of its rate
+(:attr:`Bucket.chunk`), the mark comes at least every half chunk, and a session that
+moved a chunk in the current turn holds itself until the next turn: the next
+release from debt, or ``chunk / rate`` seconds later when the others are idle. The
+release resumes the sessions least recently served first (sessions that had a turn
+go to the back of the queue), so that when more sessions wait than the burst serves
+at once, each gets its turn in a round. The achieved rate is exact over seconds,
+bursty below.
 
 With several workers each worker shapes its own share (the rate divided by the
 number of workers; see ``ops/server.py``).
@@ -24,6 +34,7 @@ number of workers; see ``ops/server.py``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Protocol
 
 #: Seconds of traffic a full bucket holds (never less than MIN_BURST bytes).
@@ -51,16 +62,24 @@ class UserCounters(Protocol):
 class Shaped(Protocol):
     """A session the shaper can hold (ClientConnection)."""
 
+    #: This session's bytes from the client (up) and to it (down).
+    bytes_in: int
+    bytes_out: int
+
     def throttle(self, direction: int, on: bool) -> None: ...
     def cut_reads(self, up: int, down: int) -> None:
         """Read at most this much at once each way (0: no cut)."""
 
 
-class Bucket:
-    """One direction of one user."""
+def _moved(session: Shaped, direction: int) -> int:
+    return session.bytes_in if direction == UP else session.bytes_out
 
-    __slots__ = ("burst", "chunk", "rate", "seen", "stamp", "throttled_seconds",
-                 "throttled_since", "tokens")  # fmt: skip
+
+class Bucket:
+    """One direction of one user, and the turn its sessions are in."""
+
+    __slots__ = ("burst", "chunk", "done", "rate", "seen", "stamp", "starts",
+                 "throttled_seconds", "throttled_since", "tokens", "turn_end")  # fmt: skip
 
     def __init__(self, rate: float, now: float, seen: int) -> None:
         self.rate = rate
@@ -73,6 +92,12 @@ class Bucket:
         #: the throttles that ended.
         self.throttled_since: float | None = None
         self.throttled_seconds = 0.0
+        #: Each session's byte counter when the current turn began, the sessions
+        #: that had their turn, and the timer that starts the next turn if no
+        #: release from debt comes first.
+        self.starts: dict[Shaped, int] = {}
+        self.done: set[Shaped] = set()
+        self.turn_end: asyncio.TimerHandle | None = None
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
@@ -92,6 +117,15 @@ class Bucket:
         since = self.throttled_since
         return self.throttled_seconds + (now - since if since is not None else 0.0)
 
+    def new_turn(self, sessions: Iterable[Shaped], direction: int) -> set[Shaped]:
+        """Start a turn for ``sessions``; the sessions the turn that ends held."""
+        if self.turn_end is not None:
+            self.turn_end.cancel()
+            self.turn_end = None
+        held, self.done = self.done, set()
+        self.starts = {session: _moved(session, direction) for session in sessions}
+        return held
+
 
 class UserShaper:
     """The buckets of one user in this process, and the sessions they hold back."""
@@ -103,22 +137,24 @@ class UserShaper:
         self.loop = loop
         self.up: Bucket | None = None
         self.down: Bucket | None = None
-        self.sessions: set[Shaped] = set()
+        #: The queue releases resume them in (a dict keeps the order): a session that
+        #: had its turn goes to the back.
+        self.sessions: dict[Shaped, None] = {}
         self.timer: asyncio.TimerHandle | None = None
 
     def set_rates(self, up: float | None, down: float | None) -> None:
         """New limits (start, or a reload); a bucket keeps its state if its rate stays."""
         now = self.loop.time()
         user = self.user
-        for attr, rate, counter in (("up", up, user.bytes_from_client),
-                                    ("down", down, user.bytes_to_client)):  # fmt: skip
-            bucket: Bucket | None = getattr(self, attr)
+        for direction, rate, counter in ((UP, up, user.bytes_from_client),
+                                         (DOWN, down, user.bytes_to_client)):  # fmt: skip
+            bucket = self._bucket(direction)
             if rate is None:
-                if bucket is not None and bucket.throttled_since is not None:
-                    self._release(UP if attr == "up" else DOWN, bucket, now)
-                setattr(self, attr, None)
+                if bucket is not None:
+                    self._release(direction, bucket, now)
+                self._set_bucket(direction, None)
             elif bucket is None:
-                setattr(self, attr, Bucket(rate, now, counter))
+                self._set_bucket(direction, Bucket(rate, now, counter))
             elif bucket.rate != rate:
                 bucket.set_rate(rate)
                 bucket.tokens = min(bucket.tokens, bucket.burst)
@@ -133,18 +169,28 @@ class UserShaper:
 
     def join(self, session: Shaped) -> None:
         """A session of this user started: it follows the throttles in force."""
-        self.sessions.add(session)
+        self.sessions[session] = None
         session.cut_reads(self.up.chunk if self.up else 0, self.down.chunk if self.down else 0)
         for direction, bucket in ((UP, self.up), (DOWN, self.down)):
-            if bucket is not None and bucket.throttled_since is not None:
-                session.throttle(direction, True)
+            if bucket is not None:
+                bucket.starts[session] = _moved(session, direction)
+                if bucket.throttled_since is not None:
+                    session.throttle(direction, True)
 
     def leave(self, session: Shaped) -> None:
-        self.sessions.discard(session)
+        self.sessions.pop(session, None)
+        for bucket in (self.up, self.down):
+            if bucket is not None:
+                bucket.starts.pop(session, None)
+                bucket.done.discard(session)
 
-    def charge(self) -> None:
-        """The relay crossed the user's mark: account, throttle, set the next mark."""
-        self._settle(self.loop.time())
+    def charge(self, session: Shaped | None = None) -> None:
+        """The relay crossed the user's mark (in ``session``): account, throttle, end
+        the session's turn if it had its share, set the next mark."""
+        now = self.loop.time()
+        self._settle(now)
+        if session is not None and len(self.sessions) > 1 and session in self.sessions:
+            self._take_turn(session, now)
 
     def throttled_seconds(self) -> tuple[float, float]:
         """Seconds spent throttled so far, (up, down)."""
@@ -163,10 +209,20 @@ class UserShaper:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _bucket(self, direction: int) -> Bucket | None:
+        return self.up if direction == UP else self.down
+
+    def _set_bucket(self, direction: int, bucket: Bucket | None) -> None:
+        if direction == UP:
+            self.up = bucket
+        else:
+            self.down = bucket
+
     def _settle(self, now: float) -> None:
         user = self.user
         room = float(1 << 62)
         wait = 0.0
+        several = len(self.sessions) > 1
         for direction, bucket, counter in ((UP, self.up, user.bytes_from_client),
                                            (DOWN, self.down, user.bytes_to_client)):  # fmt: skip
             if bucket is None:
@@ -188,7 +244,9 @@ class UserShaper:
             else:
                 if bucket.throttled_since is not None:
                     self._release(direction, bucket, now)
-                room = min(room, tokens)
+                # With others to share with, look at least every half read, so that
+                # a session's turn ends after a read or two whatever the loop does.
+                room = min(room, tokens, bucket.chunk // 2) if several else min(room, tokens)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -200,10 +258,45 @@ class UserShaper:
         user.rate_mark = user.bytes_from_client + user.bytes_to_client + step
         user.rearm()
 
+    def _take_turn(self, session: Shaped, now: float) -> None:
+        for direction, bucket in ((UP, self.up), (DOWN, self.down)):
+            if bucket is None or session in bucket.done:
+                continue
+            moved = _moved(session, direction)
+            if moved - bucket.starts.setdefault(session, moved) < bucket.chunk:
+                continue
+            bucket.done.add(session)
+            # To the back of the queue: the next release serves the others first.
+            del self.sessions[session]
+            self.sessions[session] = None
+            if bucket.throttled_since is not None:
+                continue  # all held already, until the release from debt
+            session.throttle(direction, True)
+            if bucket.turn_end is None:
+                bucket.turn_end = self.loop.call_at(
+                    now + bucket.chunk / bucket.rate, self._turn_over, direction
+                )
+
+    def _turn_over(self, direction: int) -> None:
+        """A turn's time passed without a release from debt (the others were idle)."""
+        bucket = self._bucket(direction)
+        if bucket is None:
+            return
+        bucket.turn_end = None
+        if bucket.throttled_since is not None:
+            return  # the release from debt starts the next turn
+        held = bucket.new_turn(self.sessions, direction)
+        for session in list(self.sessions):  # queue order, as the release
+            if session in held:
+                session.throttle(direction, False)
+
     def _release(self, direction: int, bucket: Bucket, now: float) -> None:
         since = bucket.throttled_since
         if since is not None:
             bucket.throttled_seconds += now - since
         bucket.throttled_since = None
+        held = bucket.new_turn(self.sessions, direction)
+        if since is None and not held:
+            return
         for session in list(self.sessions):
             session.throttle(direction, False)
