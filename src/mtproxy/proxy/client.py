@@ -23,20 +23,9 @@ from mtproxy.protocol.dc import format_endpoint
 from mtproxy.protocol.errors import TlsError
 from mtproxy.protocol.faketls import RecordReader
 from mtproxy.protocol.handshake import Accepted, HandshakePolicy
-from mtproxy.protocol.tlsrecords import (
-    FULL_RECORD,
-    HOLD_SECONDS,
-    MIN_RECORD,
-    header,
-    record_pieces,
-)
-from mtproxy.proxy.buffers import (
-    SharedBuffers,
-    send_now,
-    sendv_now,
-    socket_fd,
-    watch_backlog,
-)
+from mtproxy.protocol.tlsrecords import FULL_RECORD
+from mtproxy.proxy.buffers import SharedBuffers, send_now, socket_fd, watch_backlog
+from mtproxy.proxy.records import RecordWriter
 from mtproxy.proxy.session import (
     Action,
     Close,
@@ -118,10 +107,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         "early",
         "encryptor",
         "fd",
-        "held",
         "held_in",
         "held_out",
-        "hold_timer",
         "idle_ticks",
         "mask_peer",
         "mask_pending",
@@ -143,6 +130,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "upstream",
         "user",
         "write_paused",
+        "writer",
     )
 
     def __init__(self, server: ClientHost) -> None:
@@ -191,10 +179,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.records: RecordReader | None = None
         #: The socket's descriptor, for direct writes (see buffers.py).
         self.fd = -1
-        #: Fake TLS: encrypted bytes too few for a record of their own, waiting (at
-        #: most HOLD_SECONDS, on ``hold_timer``) to lead the next write.
-        self.held = b""
-        self.hold_timer: asyncio.TimerHandle | None = None
+        #: Fake TLS: what wraps the bytes to the client in records.
+        self.writer: RecordWriter | None = None
         self.early = b""
         self.user: UserStats | None = None
         self.active = True
@@ -263,9 +249,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._cancel_timer()
         if self.mask_watch is not None:
             self.mask_watch.cancel()
-        if self.hold_timer is not None:
-            self.hold_timer.cancel()
-            self.hold_timer = None
+        if self.writer is not None:
+            self.writer.cancel()
         for task in (self.connect_task, self.mask_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -426,7 +411,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                 transport = self.transport
                 if (transport is not None and not transport.is_closing()
                         and transport.can_write_eof()):  # fmt: skip
-                    self._flush_held()
+                    if self.writer is not None:
+                        self.writer.flush()
                     transport.write_eof()
             elif isinstance(action, SetAddresses):
                 self.peername = action.peer
@@ -464,6 +450,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if not server.passthrough:
             self.encryptor = client.encrypt_key.cipher()
         self.records = accepted.records
+        if accepted.records is not None:
+            self.writer = RecordWriter(self, server.loop)
         self.recv_view = self.buffers.recv_view[:EARLY_LIMIT]
         self.early = client.decryptor.update(accepted.leftover) if accepted.leftover else b""
         if accepted.leftover:
@@ -743,8 +731,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                     in_place(cipher, data)
             else:
                 data = cipher.update(data)
-        if self.records is not None:
-            self._send_records(data, transport)
+        if self.writer is not None:
+            self.writer.send(data, transport)
         elif self.write_paused:
             transport.write(bytes(data))
         else:
@@ -770,59 +758,17 @@ class ClientConnection(asyncio.BufferedProtocol):
             if self.write_paused:
                 rest = data[start:]
                 in_place(cipher, rest)
-                if self.records is not None:
-                    self._send_records(rest, transport)
+                if self.writer is not None:
+                    self.writer.send(rest, transport)
                 else:
                     transport.write(bytes(rest))
                 return
             piece = data[start : start + BIG_STEP]
             in_place(cipher, piece)
-            if self.records is not None:
-                self._send_records(piece, transport)
+            if self.writer is not None:
+                self.writer.send(piece, transport)
             else:
                 send_now(transport, self.fd, piece)
-
-    def _send_records(self, data: memoryview | bytes, transport: asyncio.Transport) -> None:
-        """Client-keystream bytes -> TLS records shaped like TLS 1.3's (see tlsrecords)."""
-        held = self.held
-        total = len(held) + len(data)
-        if total < MIN_RECORD:
-            self.held = held + data
-            if self.hold_timer is None:
-                self.hold_timer = self.server.loop.call_later(HOLD_SECONDS, self._flush_held)
-            return
-        if held:
-            self.held = b""
-            if self.hold_timer is not None:
-                self.hold_timer.cancel()
-                self.hold_timer = None
-        pieces: list[bytes | memoryview]
-        if total <= FULL_RECORD:
-            pieces = [header(total), held, data] if held else [header(total), data]
-            wire = total + 5
-        else:
-            pieces = record_pieces(held, data, total)
-            wire = total + 5 * ((len(pieces) - (1 if held else 0)) >> 1)
-        if self.write_paused:
-            transport.write(b"".join(pieces))
-        else:
-            sendv_now(transport, self.fd, pieces, wire)
-
-    def _flush_held(self) -> None:
-        """Send held bytes as a record of their own: no more data came in time, or the
-        stream ends."""
-        if self.hold_timer is not None:
-            self.hold_timer.cancel()
-            self.hold_timer = None
-        held, self.held = self.held, b""
-        transport = self.transport
-        if not held or transport is None or transport.is_closing():
-            return
-        record = header(len(held)) + held
-        if self.write_paused:
-            transport.write(record)
-        else:
-            send_now(transport, self.fd, record)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -832,8 +778,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             if abort:
                 transport.abort()
             else:
-                if self.held:
-                    self._flush_held()
+                if self.writer is not None:
+                    self.writer.flush()
                 close_soon(transport)
 
 
