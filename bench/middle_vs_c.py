@@ -476,6 +476,7 @@ async def direct_bench(args: argparse.Namespace) -> None:
             proxies.append(Proxy(f"ours ({loop})", [
                 sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
                 "--event-loop", loop, "--secret", SECRET.hex(), "--mask", "off",
+                "--modes", "classic,secure",
                 "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout",
                 "3600", "--stats", "off", "--data-dir", str(tmp / f"data-{loop}"),
                 "--dc", f"2={DC2_V4}:443", "--dc", f"3={DC3_V4}:443",
@@ -497,7 +498,11 @@ async def direct_bench(args: argparse.Namespace) -> None:
                     order = proxies if rnd % 2 == 0 else proxies[::-1]
                     for kind in ("download", "upload"):
                         for proxy in order:
-                            value = await direct_transfer(proxy, kind, args.bytes)
+                            # A proxy that refuses the client keeps the socket open
+                            # (as a site would): fail instead of waiting for ever.
+                            value = await asyncio.wait_for(
+                                direct_transfer(proxy, kind, args.bytes), TRANSFER_TIMEOUT
+                            )
                             proxy.results.setdefault(kind, []).append(value)
                     print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
         finally:
@@ -505,10 +510,15 @@ async def direct_bench(args: argparse.Namespace) -> None:
                 fake.terminate()
                 fake.wait()
     reference = proxies[0] if args.alx else None
+    against = "; ratio to alexbers/mtprotoproxy" if args.alx else ""
     table(f"direct mode, median of {args.rounds} alternating runs ({args.bytes >> 20} MiB per "
-          "run, 1 client; ratio to alexbers/mtprotoproxy)", proxies,
+          f"run, 1 client{against})", proxies,
           [("download", "download, MB per proxy CPU-s", False),
            ("upload", "upload, MB per proxy CPU-s", False)], reference)
+
+
+#: Seconds one direct-mode transfer may take before the run is called broken.
+TRANSFER_TIMEOUT = 300.0
 
 
 async def direct_transfer(proxy: Proxy, kind: str, total: int) -> float:
@@ -596,9 +606,12 @@ def main() -> int:
     if args.mode in ("direct", "both"):
         if args.in_namespace:
             asyncio.run(direct_bench(args))
-        elif args.alx:
-            argv = ["--mode", "direct", "--alx", args.alx, "--bytes", str(args.bytes),
+        elif args.alx or args.mode == "direct":
+            # Without alexbers' proxy (asked for by --mode direct) ours run alone.
+            argv = ["--mode", "direct", "--bytes", str(args.bytes),
                     "--rounds", str(args.rounds), "--loops", args.loops]
+            if args.alx:
+                argv += ["--alx", args.alx]
             if not in_namespace(argv):
                 print("direct-mode comparison needs root for unshare -n", file=sys.stderr)
                 return 1

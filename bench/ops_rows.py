@@ -79,6 +79,7 @@ def proxy(
     port, stats_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
            "--event-loop", loop, "--secret", SECRET.hex(), "--mask", "off",
+           "--modes", "classic,secure",  # its clients are classic (not the default)
            "--public-host", "127.0.0.1", "--stats", f"127.0.0.1:{stats_port}",
            "--data-dir", str(tmp / "data"), "--log-level", "info"]  # fmt: skip
     for dc in (DC_ECHO, DC_HOLD, DC_SILENT):

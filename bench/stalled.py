@@ -51,6 +51,7 @@ SWEEP = 15.0
 def proxy_command(port: int, dc_port: int, loop: str) -> list[str]:
     cmd = [sys.executable, "-m", "mtproxy", "run", "--listen", f"127.0.0.1:{port}",
            "--event-loop", loop, "--secret", SECRET.hex(), "--mask", "off",
+           "--modes", "classic,secure",  # its clients are classic (not the default)
            "--public-host", "127.0.0.1", "--log-level", "warning", "--idle-timeout", "3600",
            "--stats", "off", "--max-connections", "0"]
     for dc in (DC_ECHO, DC_SOURCE, DC_STALL):
