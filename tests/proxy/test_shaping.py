@@ -168,6 +168,18 @@ def test_an_idle_session_does_not_hold_back_a_busy_one() -> None:
     assert abs(busy / seconds - RATE) < 0.05 * RATE, busy / seconds
 
 
+def test_a_burst_is_not_cut_short_for_an_idle_sibling() -> None:
+    """Turns hold a session only when the tokens left are needed by the others: with
+    the bucket full, the busy session takes all of it but one read kept for the idle
+    one, at once (an app's main connection loading a picture)."""
+    loop, shaper, (busy, idle) = shaped(2, idle=1)
+    next(run(loop, shaper, 1.0))  # one round of reads, before any timer
+    down = shaper.down
+    assert down is not None
+    assert busy.bytes_out == down.burst - down.chunk, (busy.bytes_out, down.burst)
+    assert busy.held and idle.bytes_out == 0
+
+
 def test_a_lone_session_is_not_held_by_turns() -> None:
     loop, shaper, sessions = shaped(1)
     (got,) = moved(loop, shaper, sessions, 4.0)

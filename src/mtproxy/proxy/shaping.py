@@ -20,7 +20,8 @@ libuv reads a socket again and again while each read fills the buffer), so the
 first session resumed would take all the tokens, round after round. Reads of a
 shaped direction are cut to a sixteenth of a second of its rate
 (:attr:`Bucket.chunk`), the mark comes at least every half chunk, and a session that
-moved a chunk in the current turn holds itself until the next turn: the next
+moved a chunk in the current turn, and would leave too few tokens for one read of
+each session still to have its turn, holds itself until the next turn: the next
 release from debt, or ``chunk / rate`` seconds later when the others are idle. The
 release resumes the sessions least recently served first (sessions that had a turn
 go to the back of the queue), so that when more sessions wait than the burst serves
@@ -176,6 +177,8 @@ class UserShaper:
                 bucket.starts[session] = _moved(session, direction)
                 if bucket.throttled_since is not None:
                     session.throttle(direction, True)
+        if len(self.sessions) == 2:
+            self._settle(self.loop.time())  # now there is sharing: marks come closer
 
     def leave(self, session: Shaped) -> None:
         self.sessions.pop(session, None)
@@ -264,6 +267,12 @@ class UserShaper:
                 continue
             moved = _moved(session, direction)
             if moved - bucket.starts.setdefault(session, moved) < bucket.chunk:
+                continue
+            # Go on while the tokens left cover another read of this session and one of
+            # every session still to have its turn (a burst is not cut short for
+            # sessions that are idle); hold once they do not.
+            waiting = len(self.sessions) - len(bucket.done) - 1
+            if bucket.tokens >= bucket.chunk * (1 + waiting):
                 continue
             bucket.done.add(session)
             # To the back of the queue: the next release serves the others first.
