@@ -141,6 +141,10 @@ def test_records_after_the_handshake_are_ones_tls13_could_produce(lab: dict[str,
     records = lab["records"]
     bulk = records["proxy_bulk"]
     assert max(bulk) == 16384 + 17 and min(bulk) >= 18
-    # The last record of a 128 KiB read may be shorter (7 full ones fill 114 807 bytes).
-    assert sum(1 for n in bulk if n == 16401) > 0.75 * len(bulk)
+    # Each read is cut into full records and one remainder. The fake DC writes 64 KiB at
+    # a time: a read of one write alone (the proxy keeping up with the DC) gives 3 full
+    # records and one of 16 333 bytes, a write the kernel hands over in two reads 3 of
+    # 5, in halves 1 of 2. The exact share for a known read is asserted in
+    # tests/integration/test_records.py; here, that full records are the rule.
+    assert sum(1 for n in bulk if n == 16401) >= 0.5 * len(bulk)
     assert sum(records["proxy_small"]) == sum(SMALL_WRITES)
