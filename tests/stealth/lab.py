@@ -603,9 +603,10 @@ SEGMENTED_PORT, SEGMENT = 447, 100
 TCP_CLOSE = 7
 
 
-def tcp_frames(pcap: bytes) -> Iterator[tuple[float, bytes]]:
-    """(time, TCP header and payload) of the IPv4 TCP segments in a pcap file from
-    ``tcpdump -i lo`` (Ethernet link type)."""
+def tcp_frames(pcap: bytes) -> Iterator[tuple[float, bytes, int]]:
+    """(time, TCP header, payload length) of the IPv4 TCP segments in a pcap file from
+    ``tcpdump -i lo -s SNAPLEN`` (Ethernet link type; payloads cut off, lengths from
+    the IP header)."""
     magic = pcap[:4]
     endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
     scale = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
@@ -618,21 +619,23 @@ def tcp_frames(pcap: bytes) -> Iterator[tuple[float, bytes]]:
             continue
         ip = frame[14:]
         ihl = (ip[0] & 0x0F) * 4
-        yield sec + frac * scale, ip[ihl : int.from_bytes(ip[2:4], "big")]
+        tcp = ip[ihl:]
+        header = (tcp[12] >> 4) * 4
+        yield sec + frac * scale, tcp[:header], int.from_bytes(ip[2:4], "big") - ihl - header
 
 
 def tcp_segments(pcap: bytes) -> list[tuple[float, int, int, int, int, int]]:
     """(time, source port, destination port, seq, flags, payload length) of each segment."""
     out = []
-    for when, tcp in tcp_frames(pcap):
+    for when, tcp, size in tcp_frames(pcap):
         sport, dport, seq = struct.unpack(">HHI", tcp[:8])
-        out.append((when, sport, dport, seq, tcp[13], len(tcp) - (tcp[12] >> 4) * 4))
+        out.append((when, sport, dport, seq, tcp[13], size))
     return out
 
 
 def syn_ack_mss(pcap: bytes, server: int, client: int) -> int | None:
     """The MSS option of the server's SYN-ACK (what a port scan sees of it)."""
-    for _, tcp in tcp_frames(pcap):
+    for _, tcp, _ in tcp_frames(pcap):
         if struct.unpack(">HH", tcp[:4]) != (server, client) or tcp[13] & 0x12 != 0x12:
             continue
         options, i = tcp[20 : (tcp[12] >> 4) * 4], 0
@@ -778,13 +781,22 @@ async def fake_tls_idle(port: int, listen: float) -> tuple[int, Seen]:
     return local, Seen("", 0.0, None, "open")
 
 
+#: Bytes of each packet tcpdump keeps: Ethernet + IP + TCP headers with options. The
+#: payloads are not needed, and writing the bulk downloads' 64 KiB loopback segments
+#: whole made tcpdump fall behind on a loaded machine and lose segments. Immediate mode
+#: hands each packet over at once (not a buffer block at a time, up to a second late),
+#: so that what the file holds when it stops growing is all there is.
+SNAPLEN = 160
+
+
 async def start_capture(pcap: Path) -> subprocess.Popen[bytes] | None:
     """tcpdump on the namespace's loopback, once it says it is listening (or None)."""
     tcpdump = shutil.which("tcpdump")
     if tcpdump is None:
         return None
     capture = subprocess.Popen(
-        [tcpdump, "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+        [tcpdump, "-i", "lo", "--immediate-mode", "-U", "-s", str(SNAPLEN), "-w", str(pcap),
+         "tcp"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert capture.stderr is not None
@@ -794,10 +806,20 @@ async def start_capture(pcap: Path) -> subprocess.Popen[bytes] | None:
     return capture
 
 
-def stop_capture(capture: subprocess.Popen[bytes] | None) -> None:
-    if capture is not None:
-        capture.send_signal(signal.SIGINT)
-        capture.wait(10)
+async def stop_capture(capture: subprocess.Popen[bytes] | None, pcap: Path) -> None:
+    """Stop tcpdump once it has written what it captured: an interrupt drops what it
+    has not read yet, so wait (up to 10 s) for the file to stop growing."""
+    if capture is None:
+        return
+    size, deadline = -1, time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = pcap.stat().st_size if pcap.exists() else 0
+        if now == size:
+            break
+        size = now
+        await asyncio.sleep(0.3)
+    capture.send_signal(signal.SIGINT)
+    capture.wait(10)
 
 
 async def flight_then_bulk(port: int, want: int) -> tuple[int, int]:
@@ -886,7 +908,7 @@ async def run_timers(workdir: Path, listen: float, timers: dict[str, int] | None
             flights = {port: await flight_then_bulk(port, BULK) for port in ports}
             await asyncio.sleep(0.2)
         finally:
-            stop_capture(capture)
+            await stop_capture(capture, pcap)
     raw = pcap.read_bytes() if capture is not None else b""
     segments = tcp_segments(raw)
 
