@@ -20,7 +20,7 @@ from mtproxy.protocol.tlsrecords import FULL_RECORD, MIN_RECORD
 #: ones just around the limits, bulk.
 LONE = [1, 4, 17, 18, 19, 100, FULL_RECORD - 1, FULL_RECORD, FULL_RECORD + 1,
         FULL_RECORD + 17, 3 * FULL_RECORD + 5, 1 << 20]  # fmt: skip
-#: Tiny writes made back to back: they travel together, in records of 18 or more.
+#: Tiny writes made back to back: they travel together.
 BURST = [2] * 9 + [1, 3, 5]
 
 
@@ -74,15 +74,24 @@ async def test_record_sizes_follow_tls13(loop_impl: str, passthrough: bool) -> N
     # A record under 18 bytes may only end where the DC paused (waiting for the client)
     # and nothing followed for the hold time: each lone tiny write, and, on a loaded
     # machine, the tail of a big write that the kernel happened to hand over in a read
-    # of its own. The burst, written at once, never leaves one.
+    # of its own.
     pauses = set(itertools.accumulate(LONE))
+    lone_end = sum(LONE)
     ends = list(itertools.accumulate(sizes))
-    short_ends = [end for end, size in zip(ends, sizes, strict=True) if size < MIN_RECORD]
+    short_ends = [end for end, size in zip(ends, sizes, strict=True)
+                  if size < MIN_RECORD and end <= lone_end]  # fmt: skip
     assert all(end in pauses for end in short_ends), (sizes, short_ends)
     starts = {end - size for end, size in zip(ends, sizes, strict=True)}
     for end, size in zip(itertools.accumulate(LONE), LONE, strict=True):
         if size < MIN_RECORD:  # went alone, whole, after the hold time
             assert end - size in starts and end in short_ends, (size, sizes)
+    # The burst's writes are held and led into one another. Not always all together: on
+    # a loaded machine the kernel may hand the later ones over more than the hold time
+    # after the first (loopback delivery deferred to ksoftirqd), and then those go on
+    # their own. The exact rule is asserted on the writer itself
+    # (tests/proxy/test_records.py); here, that they did travel together.
+    burst_records = sum(1 for end in ends if end > lone_end)
+    assert burst_records < len(BURST), sizes
     # Bulk goes in full records (a read's last one or two may be shorter).
     full = sum(1 for s in sizes if s == FULL_RECORD)
     assert full >= 0.75 * ((1 << 20) // FULL_RECORD), sizes
