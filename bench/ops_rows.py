@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import ROOT, SECRET, cpu_seconds, free_port, rss_bytes, wait_port
+from run import ROOT, SECRET, cpu_seconds, free_port, rss_bytes, stop, wait_port
 
 from mtproxy.protocol.framing import Framing
 from mtproxy.protocol.obfuscated2 import build_client_header
@@ -102,12 +102,7 @@ def proxy(
         time.sleep(0.3)
         yield Proxy(proc, port, stats_port, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace=30)
 
 
 @contextlib.contextmanager

@@ -8,10 +8,13 @@ so a CI run can never pass by skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import resource
 import shutil
 import subprocess
+from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
@@ -22,6 +25,27 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}: CI must provide it")
     pytest.skip(reason)
+
+
+def require_root(why: str) -> None:
+    """Tests that act as the image's entrypoint does, or make namespaces: root only."""
+    if os.geteuid() != 0:
+        unavailable(f"needs root: {why}")
+
+
+@contextlib.contextmanager
+def soft_fd_limit(at_least: int, at_most: int, why: str) -> Iterator[None]:
+    """Raise this process's soft descriptor limit (children inherit it) to the hard one,
+    capped at ``at_most``; unavailable below ``at_least``; restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, at_most)
+    if wanted < at_least:
+        unavailable(f"hard descriptor limit {hard} is too low: {why}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def require_binary(name: str, package: str) -> str:

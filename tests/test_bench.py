@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from system_tools import network_namespace, unavailable
+from system_tools import network_namespace, require_root
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -67,7 +67,7 @@ def test_middle_and_direct_against_peers_run_with_ours_alone() -> None:
     out = bench("middle_vs_c.py", "--quick", "--mode", "middle", "--loops", "asyncio")
     assert "upload, 50 clients, MB per proxy CPU-s" in out, out
     # Direct mode runs in a private namespace with Telegram's DC addresses on loopback.
-    if "-r" in network_namespace() or os.geteuid() != 0:
-        unavailable("the direct-mode comparison needs root for `unshare -n`")
+    network_namespace()
+    require_root("the direct-mode comparison runs `unshare -n` itself")
     out = bench("middle_vs_c.py", "--quick", "--mode", "direct", "--loops", "asyncio")
     assert "upload, MB per proxy CPU-s" in out, out

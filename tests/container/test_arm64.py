@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeDC, echo_handler
+from system_tools import unavailable
 
 from .conftest import ROOT, Docker
 from .test_image_operations import KEY, running
@@ -31,10 +32,8 @@ MAX_COMPRESSED = 10_000_000
 def arm64(docker: Docker) -> str:
     if docker("image", "inspect", ARM64_IMAGE, check=False).returncode == 0:
         return ARM64_IMAGE
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but the engine has no {ARM64_IMAGE}: .ci/run must run "
-                    "`make image-multiarch`", pytrace=False)
-    pytest.skip(f"no {ARM64_IMAGE}: run `make image-multiarch` (needs qemu-user-static)")
+    unavailable(f"no {ARM64_IMAGE} in the engine: run `make image-multiarch` "
+                "(needs qemu-user-static; .ci/run does)")
 
 
 def blob(digest: str) -> bytes:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from fakes import TAG_INTERMEDIATE, FakeDC, echo_handler, open_obfs2
 from fakes.web import ThreadedWeb
-from system_tools import network_namespace
+from system_tools import network_namespace, require_root
 
 from mtproxy.cli import entrypoint as ep
 from mtproxy.config.settings import OPTIONS
@@ -932,8 +932,8 @@ def test_a_new_secret_that_cannot_be_kept_stops_the_start(tmp_path: Path, web: T
     assert "[!] cannot write" in given.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the image starts")
 def test_root_hands_the_data_directory_over(tmp_path: Path) -> None:
+    require_root("the image starts as root and hands /data over")
     from mtproxy.cli.entrypoint import privileges
 
     data = tmp_path / "data"

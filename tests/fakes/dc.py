@@ -283,6 +283,17 @@ async def packet_echo_handler(conn: DcConn) -> None:
     conn.write_eof()
 
 
+async def endless_source_handler(conn: DcConn) -> None:
+    """Send zeros, 64 KiB at a time, as fast as the proxy takes them, until it goes."""
+    block = bytes(64 * 1024)
+    try:
+        while True:
+            conn.write(block)
+            await conn.drain()
+    except (ConnectionError, OSError):
+        return
+
+
 def make_source_handler(total: int, seed: int, *, chunk: int = 1 << 18) -> DcHandler:
     """Send ``total`` deterministic bytes, half-close, then wait for the peer's EOF."""
 

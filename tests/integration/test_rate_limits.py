@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import TAG_INTERMEDIATE, DcConn, FakeDC, ObfsStream, open_faketls, open_obfs2
+from fakes import (
+    TAG_INTERMEDIATE,
+    DcConn,
+    FakeDC,
+    ObfsStream,
+    endless_source_handler,
+    open_faketls,
+    open_obfs2,
+)
 
 from integration.harness import DOMAIN, dc_flags, new_secret
 from mtproxy.config.settings import load_settings, with_users
@@ -32,19 +40,10 @@ WARMUP, WINDOW = 1.0, 3.0
 
 
 class Counting:
-    """DC handlers that stream or swallow bytes and count what they moved."""
+    """A DC handler that swallows bytes and counts them."""
 
     def __init__(self) -> None:
         self.received = 0
-
-    async def source(self, conn: DcConn) -> None:
-        block = bytes(64 * KIB)
-        try:
-            while True:
-                conn.write(block)
-                await conn.drain()
-        except (ConnectionError, OSError):
-            return
 
     async def sink(self, conn: DcConn) -> None:
         while True:
@@ -115,8 +114,10 @@ async def test_download_rate_is_shaped_and_shared(
 ) -> None:
     alice, alice_key = user("alice", rate_down=RATE)
     bob, bob_key = user("bob")
-    fake = Counting()
-    async with FakeDC(fake.source) as dc, ops_proxy(tmp_path, dc, [alice, bob]) as proxy:
+    async with (
+        FakeDC(endless_source_handler) as dc,
+        ops_proxy(tmp_path, dc, [alice, bob]) as proxy,
+    ):
         streams = [await client(proxy, alice_key, tls) for _ in range(2)]
         free = await client(proxy, bob_key, tls)
         await drain_for([*streams, free], WARMUP)
@@ -164,8 +165,7 @@ async def test_a_limit_set_and_cleared_by_reload_applies_to_live_sessions(
     loop_impl: str, tmp_path: Path
 ) -> None:
     alice, alice_key = user("alice")
-    fake = Counting()
-    async with FakeDC(fake.source) as dc, ops_proxy(tmp_path, dc, [alice]) as proxy:
+    async with FakeDC(endless_source_handler) as dc, ops_proxy(tmp_path, dc, [alice]) as proxy:
         stream = await client(proxy, alice_key)
         await drain_for([stream], 0.3)
         low = RATE // 4
@@ -186,8 +186,10 @@ async def test_a_limit_set_and_cleared_by_reload_applies_to_live_sessions(
 @pytest.mark.timeout_s(60)
 async def test_each_worker_shapes_its_share(tmp_path: Path) -> None:
     alice, alice_key = user("alice", rate_down=RATE)
-    fake = Counting()
-    async with FakeDC(fake.source) as dc, ops_proxy(tmp_path, dc, [alice], workers=2) as proxy:
+    async with (
+        FakeDC(endless_source_handler) as dc,
+        ops_proxy(tmp_path, dc, [alice], workers=2) as proxy,
+    ):
         # This process is one of two workers: it shapes half the user's rate.
         stream = await client(proxy, alice_key)
         await drain_for([stream], WARMUP)

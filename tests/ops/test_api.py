@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeDC, packet_echo_handler
+from fakes import FakeDC, endless_source_handler, packet_echo_handler
 
 from ops.helpers import (
     ALICE,
@@ -309,16 +309,7 @@ async def test_token(tmp_path: Path) -> None:
 async def test_rate_limit_set_through_the_api_shows_in_metrics(
     tmp_path: Path, workers: int
 ) -> None:
-    async def source(conn: Any) -> None:
-        block = bytes(64 * 1024)
-        try:
-            while True:
-                conn.write(block)
-                await conn.drain()
-        except (ConnectionError, OSError):
-            return
-
-    async with FakeDC(source) as dc:
+    async with FakeDC(endless_source_handler) as dc:
         proxy, api = await start(tmp_path, workers, user_toml("alice", ALICE), dc=dc.port)
         try:
             status, body = await api.call("PATCH", "/api/users/alice",

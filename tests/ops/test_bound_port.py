@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from system_tools import require_binary, unavailable
+from system_tools import require_binary, require_root, unavailable
 
 from mtproxy.ops.bound import BOUND_FILE, read_bound
 from ops.helpers import ROOT, SECRET, ProxyProc
@@ -79,8 +79,7 @@ def test_links_after_run_fell_back_to_8443_without_root(shared_dir: Path) -> Non
     unshare = require_binary("unshare", "util-linux")
     require_binary("ip", "iproute2")
     setpriv = require_binary("setpriv", "util-linux")
-    if os.geteuid() != 0:
-        unavailable("needs root to create a network namespace and drop to another user")
+    require_root("to create a network namespace and drop to another user")
     drop = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
     probe = subprocess.run([*drop, sys.executable, "-c", "import mtproxy"], env=ENV,
                            capture_output=True, timeout=30)  # fmt: skip

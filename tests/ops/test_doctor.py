@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from system_tools import unavailable
+from system_tools import soft_fd_limit
 
 from mtproxy.config.settings import Settings, load_settings
 from mtproxy.ops.bound import write_bound
@@ -271,15 +271,8 @@ def test_render_and_worst() -> None:
 @pytest.fixture
 def roomy_fd_limit() -> Iterator[None]:
     """Children (the proxy) inherit a soft limit the fd check calls comfortable."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if wanted < 8192:
-        unavailable(f"hard descriptor limit {hard} is below what the healthy set-up needs")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    try:
+    with soft_fd_limit(8192, 65536, "the healthy set-up needs 8192"):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def doctor(cert: Path, *args: str) -> tuple[int, str]:

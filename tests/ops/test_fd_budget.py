@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from fakes import TAG_INTERMEDIATE, FakeDC, ObfsStream, open_obfs2, packet_echo_
 from fakes.middle_end import FakeMiddleEnd
 from fakes.obfs import TAG_PADDED
 from middle.harness import CLIENT_SECRET, PROXY_SECRET, packet, write_inputs
-from system_tools import unavailable
+from system_tools import soft_fd_limit
 
 from mtproxy.ops.fds import RESERVE, Budget, middle_links, plan
 from ops.helpers import SECRET, ProxyProc, connect, echo_ok
@@ -45,15 +44,8 @@ def limits_of(pid: int) -> tuple[int, int]:
 @pytest.fixture(autouse=True)
 def roomy_test_process() -> Iterator[None]:
     """This process holds the flood's clients and the fake DC's sockets."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard == resource.RLIM_INFINITY else min(hard, 16384)
-    if wanted < 4096:
-        unavailable(f"hard descriptor limit {hard} is too low for the flood's clients")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    try:
+    with soft_fd_limit(4096, 16384, "the flood's clients"):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # -- the arithmetic ------------------------------------------------------------------------
